@@ -134,7 +134,7 @@ impl fmt::Display for DType {
 }
 
 macro_rules! ggml_types {
-    ($( $(#[$doc:meta])* $variant:ident = $id:literal, $name:literal, $block:literal, $bytes:expr;)*) => {
+    ($( $(#[$doc:meta])* $variant:ident = $id:literal, $name:literal, $block:expr, $bytes:expr;)*) => {
         /// A ggml tensor type as stored in GGUF, with its published block geometry.
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]

@@ -136,3 +136,18 @@ impl Error {
         Self::Malformed { path: path.into(), what: what.into(), problem: problem.into() }
     }
 }
+
+impl Error {
+    /// Names `tensor` in errors raised by tensor-agnostic code.
+    pub(crate) fn for_tensor(self, tensor: &str) -> Self {
+        match self {
+            Error::UnsupportedConversion { dtype, .. } => {
+                Error::UnsupportedConversion { tensor: tensor.into(), dtype }
+            }
+            Error::SizeMismatch { dtype, numel, expected, found, .. } => {
+                Error::SizeMismatch { tensor: tensor.into(), dtype, numel, expected, found }
+            }
+            other => other,
+        }
+    }
+}
