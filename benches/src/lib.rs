@@ -1,1 +1,1 @@
-//! benches
+//! Criterion benchmarks for membound; see `benches/`.

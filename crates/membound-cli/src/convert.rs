@@ -80,7 +80,10 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect();
     metadata.push(("membound.source_format".into(), model.format().to_string()));
-    let source = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let source = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     metadata.push(("membound.source_file".into(), source));
     write_safetensors(&args.output, &out, &metadata)?;
 
@@ -110,18 +113,46 @@ pub fn run(args: Args) -> Result<()> {
 fn convert_one(t: &TensorView<'_>, dtype: OutDType) -> Result<OwnedTensor> {
     let keep = matches!(
         t.dtype(),
-        DType::Bool | DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::U32 | DType::I32 | DType::U64 | DType::I64
+        DType::Bool
+            | DType::U8
+            | DType::I8
+            | DType::U16
+            | DType::I16
+            | DType::U32
+            | DType::I32
+            | DType::U64
+            | DType::I64
     );
     if keep {
-        return Ok(OwnedTensor { name: t.name().into(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() });
+        return Ok(OwnedTensor {
+            name: t.name().into(),
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            data: t.data().to_vec(),
+        });
     }
     let v = t.to_f32()?;
     let (dtype, data) = match dtype {
         OutDType::F32 => (DType::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        OutDType::F16 => (DType::F16, v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect()),
-        OutDType::Bf16 => (DType::BF16, v.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect()),
+        OutDType::F16 => (
+            DType::F16,
+            v.iter()
+                .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+                .collect(),
+        ),
+        OutDType::Bf16 => (
+            DType::BF16,
+            v.iter()
+                .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+                .collect(),
+        ),
     };
-    Ok(OwnedTensor { name: t.name().into(), dtype, shape: t.shape().to_vec(), data })
+    Ok(OwnedTensor {
+        name: t.name().into(),
+        dtype,
+        shape: t.shape().to_vec(),
+        data,
+    })
 }
 
 /// Refuses to overwrite the input, or any file without --force.
@@ -135,7 +166,10 @@ fn check_output(input: &Path, output: &Path, force: bool) -> Result<()> {
             bail!("{}: refusing to overwrite the input file", output.display());
         }
         if !force {
-            bail!("{}: already exists (pass --force to replace it)", output.display());
+            bail!(
+                "{}: already exists (pass --force to replace it)",
+                output.display()
+            );
         }
         if output.is_dir() {
             bail!("{}: is a directory", output.display());

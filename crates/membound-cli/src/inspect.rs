@@ -62,8 +62,10 @@ pub fn run(args: Args) -> Result<()> {
     let summary = summary(model.as_ref(), &tensors, &metadata);
 
     if args.json {
-        let meta: serde_json::Map<String, Value> =
-            metadata.iter().map(|(k, v)| (k.clone(), json_value(v))).collect();
+        let meta: serde_json::Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), json_value(v)))
+            .collect();
         let out = json!({
             "path": path,
             "format": model.format(),
@@ -77,7 +79,15 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    table.set_header(["tensor", "dtype", "shape", "bytes", "mean", "std", "ex. kurtosis"]);
+    table.set_header([
+        "tensor",
+        "dtype",
+        "shape",
+        "bytes",
+        "mean",
+        "std",
+        "ex. kurtosis",
+    ]);
     for r in &rows {
         let num = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.4e}"));
         table.add_row([
@@ -87,7 +97,8 @@ pub fn run(args: Args) -> Result<()> {
             human_bytes(r.bytes as u64),
             num(r.mean),
             num(r.std),
-            r.excess_kurtosis.map_or_else(|| "-".into(), |k| format!("{k:.2}")),
+            r.excess_kurtosis
+                .map_or_else(|| "-".into(), |k| format!("{k:.2}")),
         ]);
     }
     for col in 3..7 {
@@ -118,12 +129,23 @@ pub fn run(args: Args) -> Result<()> {
         println!("{m}");
     }
 
-    let bad: Vec<&TensorRow> = rows.iter().filter(|r| r.non_finite.unwrap_or(0) > 0).collect();
+    let bad: Vec<&TensorRow> = rows
+        .iter()
+        .filter(|r| r.non_finite.unwrap_or(0) > 0)
+        .collect();
     for r in &bad {
-        eprintln!("warning: tensor {:?} holds {} NaN or infinite values", r.name, r.non_finite.unwrap_or(0));
+        eprintln!(
+            "warning: tensor {:?} holds {} NaN or infinite values",
+            r.name,
+            r.non_finite.unwrap_or(0)
+        );
     }
     for r in rows.iter().filter(|r| r.error.is_some()) {
-        eprintln!("note: tensor {:?}: no statistics: {}", r.name, r.error.as_deref().unwrap_or(""));
+        eprintln!(
+            "note: tensor {:?}: no statistics: {}",
+            r.name,
+            r.error.as_deref().unwrap_or("")
+        );
     }
     Ok(())
 }
@@ -164,7 +186,11 @@ fn rows(tensors: &[TensorView<'_>], stats: bool) -> Vec<TensorRow> {
     rows
 }
 
-fn summary(model: &dyn TensorSource, tensors: &[TensorView<'_>], meta: &[(String, MetaValue)]) -> Value {
+fn summary(
+    model: &dyn TensorSource,
+    tensors: &[TensorView<'_>],
+    meta: &[(String, MetaValue)],
+) -> Value {
     let params: u64 = tensors.iter().map(|t| t.numel() as u64).sum();
     let bytes: u64 = tensors.iter().map(|t| t.data().len() as u64).sum();
     let mut dtypes: Vec<(String, usize)> = Vec::new();
@@ -182,12 +208,27 @@ fn summary(model: &dyn TensorSource, tensors: &[TensorView<'_>], meta: &[(String
     s.insert("parameters".into(), json!(params));
     s.insert("tensor bytes".into(), json!(bytes));
     if params > 0 {
-        s.insert("bits/weight".into(), json!(((bytes as f64 * 8.0 / params as f64) * 1000.0).round() / 1000.0));
+        s.insert(
+            "bits/weight".into(),
+            json!(((bytes as f64 * 8.0 / params as f64) * 1000.0).round() / 1000.0),
+        );
     }
-    s.insert("dtypes".into(), json!(dtypes.iter().map(|(n, c)| format!("{n}×{c}")).collect::<Vec<_>>().join(", ")));
+    s.insert(
+        "dtypes".into(),
+        json!(
+            dtypes
+                .iter()
+                .map(|(n, c)| format!("{n}×{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
     match model.format() {
         Format::Gguf => {
-            let arch = get("general.architecture").and_then(MetaValue::as_str).unwrap_or("?").to_string();
+            let arch = get("general.architecture")
+                .and_then(MetaValue::as_str)
+                .unwrap_or("?")
+                .to_string();
             if let Some(n) = get("general.name") {
                 s.insert("name".into(), json!(n.to_string()));
             }
@@ -257,6 +298,9 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
-

@@ -93,8 +93,16 @@ fn list(json: bool) -> Result<()> {
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     table.set_header(["name", "source", "description", "path"]);
     for r in &rows {
-        let path = r["path"].as_str().map_or_else(|| "(not fetched: `membound models fetch`)".to_string(), str::to_string);
-        table.add_row([r["name"].as_str().unwrap_or(""), r["source"].as_str().unwrap_or(""), r["description"].as_str().unwrap_or(""), &path]);
+        let path = r["path"].as_str().map_or_else(
+            || "(not fetched: `membound models fetch`)".to_string(),
+            str::to_string,
+        );
+        table.add_row([
+            r["name"].as_str().unwrap_or(""),
+            r["source"].as_str().unwrap_or(""),
+            r["description"].as_str().unwrap_or(""),
+            &path,
+        ]);
     }
     println!("{table}");
     println!("cache: {}", registry::cache_dir().display());
@@ -102,9 +110,15 @@ fn list(json: bool) -> Result<()> {
 }
 
 fn unknown(name: &str) -> String {
-    let known: Vec<&str> =
-        REGISTRY.iter().map(|m| m.name).chain(FIXTURES.iter().map(|f| f.0)).collect();
-    format!("no file or known model named {name:?} (known models: {})", known.join(", "))
+    let known: Vec<&str> = REGISTRY
+        .iter()
+        .map(|m| m.name)
+        .chain(FIXTURES.iter().map(|f| f.0))
+        .collect();
+    format!(
+        "no file or known model named {name:?} (known models: {})",
+        known.join(", ")
+    )
 }
 
 /// Turns a MODEL argument into a file path: an existing path, a registry

@@ -18,9 +18,11 @@ impl LazyBar {
     pub fn new(len: u64, what: &str) -> Self {
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
         bar.set_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:40.cyan/blue}] {pos}/{len} {wide_msg:.dim} ({eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>12} [{bar:40.cyan/blue}] {pos}/{len} {wide_msg:.dim} ({eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_message(what.to_string());
         Self { bar }

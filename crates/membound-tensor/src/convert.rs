@@ -69,7 +69,11 @@ fn f8_e4m3fn(b: u8) -> f32 {
     if exp == 0x0f && b & 0x07 == 0x07 {
         return f32::NAN;
     }
-    sign * if exp == 0 { man / 8.0 * 2f32.powi(-6) } else { (1.0 + man / 8.0) * 2f32.powi(exp - 7) }
+    sign * if exp == 0 {
+        man / 8.0 * 2f32.powi(-6)
+    } else {
+        (1.0 + man / 8.0) * 2f32.powi(exp - 7)
+    }
 }
 
 /// The "FNUZ" FP8 variants: no infinities, no negative zero, 0x80 is NaN.
@@ -101,9 +105,15 @@ mod tests {
     #[test]
     fn fp8_known_values() {
         // Values from the OCP FP8 specification's tables.
-        assert_eq!(conv(DType::F8E4M3, &[0x7e, 0x08, 0x01, 0xb8], 4), [448.0, 2f32.powi(-6), 2f32.powi(-9), -1.0]);
+        assert_eq!(
+            conv(DType::F8E4M3, &[0x7e, 0x08, 0x01, 0xb8], 4),
+            [448.0, 2f32.powi(-6), 2f32.powi(-9), -1.0]
+        );
         assert!(conv(DType::F8E4M3, &[0x7f], 1)[0].is_nan());
-        assert_eq!(conv(DType::F8E5M2, &[0x7b, 0x3c, 0x7c], 3), [57344.0, 1.0, f32::INFINITY]);
+        assert_eq!(
+            conv(DType::F8E5M2, &[0x7b, 0x3c, 0x7c], 3),
+            [57344.0, 1.0, f32::INFINITY]
+        );
         assert_eq!(conv(DType::F8E4M3Fnuz, &[0x40, 0x7f], 2), [1.0, 240.0]);
         assert_eq!(conv(DType::F8E5M2Fnuz, &[0x40, 0x7f], 2), [1.0, 57344.0]);
         assert_eq!(conv(DType::F8E8M0, &[127, 130], 2), [1.0, 8.0]);
@@ -122,7 +132,11 @@ mod tests {
         let mut out = [0.0; 3];
         assert!(matches!(
             to_f32_into(DType::F32, &[0; 8], &mut out),
-            Err(Error::SizeMismatch { expected: 12, found: 8, .. })
+            Err(Error::SizeMismatch {
+                expected: 12,
+                found: 8,
+                ..
+            })
         ));
         assert!(matches!(
             to_f32_into(DType::F4, &[0; 1], &mut [0.0; 2]),

@@ -14,7 +14,11 @@ pub(crate) struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     pub(crate) fn new(path: &'a Path, bytes: &'a [u8]) -> Self {
-        Self { path, bytes, pos: 0 }
+        Self {
+            path,
+            bytes,
+            pos: 0,
+        }
     }
 
     pub(crate) fn pos(&self) -> usize {
@@ -27,7 +31,11 @@ impl<'a> Cursor<'a> {
 
     /// The next `n` bytes; `what` names the field for the error.
     pub(crate) fn take(&mut self, n: usize, what: impl FnOnce() -> String) -> Result<&'a [u8]> {
-        match self.pos.checked_add(n).filter(|&end| end <= self.bytes.len()) {
+        match self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+        {
             Some(end) => {
                 let s = &self.bytes[self.pos..end];
                 self.pos = end;
@@ -43,7 +51,10 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    pub(crate) fn array<const N: usize>(&mut self, what: impl FnOnce() -> String) -> Result<[u8; N]> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        what: impl FnOnce() -> String,
+    ) -> Result<[u8; N]> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N, what)?);
         Ok(out)

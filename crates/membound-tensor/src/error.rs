@@ -78,7 +78,9 @@ pub enum Error {
     },
 
     /// A byte buffer whose length does not match the dtype and shape.
-    #[error("tensor {tensor:?}: {dtype} with {numel} elements needs {expected} bytes, found {found}")]
+    #[error(
+        "tensor {tensor:?}: {dtype} with {numel} elements needs {expected} bytes, found {found}"
+    )]
     SizeMismatch {
         /// The tensor.
         tensor: String,
@@ -125,7 +127,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn malformed(
@@ -133,7 +138,11 @@ impl Error {
         what: impl Into<String>,
         problem: impl Into<String>,
     ) -> Self {
-        Self::Malformed { path: path.into(), what: what.into(), problem: problem.into() }
+        Self::Malformed {
+            path: path.into(),
+            what: what.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -141,12 +150,23 @@ impl Error {
     /// Names `tensor` in errors raised by tensor-agnostic code.
     pub(crate) fn for_tensor(self, tensor: &str) -> Self {
         match self {
-            Error::UnsupportedConversion { dtype, .. } => {
-                Error::UnsupportedConversion { tensor: tensor.into(), dtype }
-            }
-            Error::SizeMismatch { dtype, numel, expected, found, .. } => {
-                Error::SizeMismatch { tensor: tensor.into(), dtype, numel, expected, found }
-            }
+            Error::UnsupportedConversion { dtype, .. } => Error::UnsupportedConversion {
+                tensor: tensor.into(),
+                dtype,
+            },
+            Error::SizeMismatch {
+                dtype,
+                numel,
+                expected,
+                found,
+                ..
+            } => Error::SizeMismatch {
+                tensor: tensor.into(),
+                dtype,
+                numel,
+                expected,
+                found,
+            },
             other => other,
         }
     }

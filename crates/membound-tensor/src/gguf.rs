@@ -133,14 +133,36 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
     let mut c = Cursor::new(path, bytes);
     let magic = c.array::<4>(|| "GGUF magic".into())?;
     if &magic != GGUF_MAGIC {
-        return Err(Error::malformed(path, "magic", format!("expected \"GGUF\", found {magic:02x?}")));
+        return Err(Error::malformed(
+            path,
+            "magic",
+            format!("expected \"GGUF\", found {magic:02x?}"),
+        ));
     }
     let version = c.u32(|| "version".into())?;
     match version {
         2 | 3 => {}
-        1 => return Err(Error::malformed(path, "version", "GGUF v1 (32-bit lengths) is not supported; re-export the model with a current llama.cpp")),
-        v if v.swap_bytes() <= 3 => return Err(Error::malformed(path, "version", "big-endian GGUF is not supported")),
-        v => return Err(Error::malformed(path, "version", format!("unsupported GGUF version {v} (expected 2 or 3)"))),
+        1 => {
+            return Err(Error::malformed(
+                path,
+                "version",
+                "GGUF v1 (32-bit lengths) is not supported; re-export the model with a current llama.cpp",
+            ));
+        }
+        v if v.swap_bytes() <= 3 => {
+            return Err(Error::malformed(
+                path,
+                "version",
+                "big-endian GGUF is not supported",
+            ));
+        }
+        v => {
+            return Err(Error::malformed(
+                path,
+                "version",
+                format!("unsupported GGUF version {v} (expected 2 or 3)"),
+            ));
+        }
     }
     let n_tensors = c.u64(|| "tensor count".into())?;
     let n_kv = c.u64(|| "metadata key/value count".into())?;
@@ -156,16 +178,26 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
         let ty = c.u32(|| format!("type of metadata key {key:?}"))?;
         let value = read_value(&mut c, ty, &key, 0)?;
         if !keys.insert(key.clone()) {
-            return Err(Error::malformed(path, format!("metadata key {key:?}"), "appears twice"));
+            return Err(Error::malformed(
+                path,
+                format!("metadata key {key:?}"),
+                "appears twice",
+            ));
         }
         metadata.push((key, value));
     }
 
     let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
         None => DEFAULT_ALIGNMENT,
-        Some((_, MetaValue::U32(a))) if a.is_power_of_two() && u64::from(*a) <= MAX_ALIGNMENT => u64::from(*a),
+        Some((_, MetaValue::U32(a))) if a.is_power_of_two() && u64::from(*a) <= MAX_ALIGNMENT => {
+            u64::from(*a)
+        }
         Some((_, v)) => {
-            return Err(Error::malformed(path, "metadata key \"general.alignment\"", format!("must be a u32 power of two up to {MAX_ALIGNMENT}, found {v:?}")));
+            return Err(Error::malformed(
+                path,
+                "metadata key \"general.alignment\"",
+                format!("must be a u32 power of two up to {MAX_ALIGNMENT}, found {v:?}"),
+            ));
         }
     };
 
@@ -176,12 +208,22 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
         let name = read_string(&mut c, &|| format!("name of tensor {i}"))?;
         let n_dims = c.u32(|| format!("tensor {name:?}: dimension count"))?;
         if n_dims > MAX_DIMS {
-            return Err(Error::malformed(path, format!("tensor {name:?}"), format!("{n_dims} dimensions (ggml allows at most {MAX_DIMS})")));
+            return Err(Error::malformed(
+                path,
+                format!("tensor {name:?}"),
+                format!("{n_dims} dimensions (ggml allows at most {MAX_DIMS})"),
+            ));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
             let v = c.u64(|| format!("tensor {name:?}: dimension {d}"))?;
-            let v = usize::try_from(v).map_err(|_| Error::malformed(path, format!("tensor {name:?}"), format!("dimension {d} = {v} does not fit in memory")))?;
+            let v = usize::try_from(v).map_err(|_| {
+                Error::malformed(
+                    path,
+                    format!("tensor {name:?}"),
+                    format!("dimension {d} = {v} does not fit in memory"),
+                )
+            })?;
             ne.push(v);
         }
         let type_id = c.u32(|| format!("tensor {name:?}: type"))?;
@@ -193,40 +235,85 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
         })?;
         let offset = c.u64(|| format!("tensor {name:?}: data offset"))?;
         if !names.insert(name.clone()) {
-            return Err(Error::malformed(path, format!("tensor {name:?}"), "appears twice"));
+            return Err(Error::malformed(
+                path,
+                format!("tensor {name:?}"),
+                "appears twice",
+            ));
         }
         infos.push((name, ne, ty, offset));
     }
 
     let data_offset = (c.pos() as u64).next_multiple_of(alignment);
     if data_offset > bytes.len() as u64 && !infos.is_empty() {
-        return Err(Error::Truncated { path: path.to_path_buf(), what: "data section".into(), start: data_offset, end: data_offset, len: bytes.len() as u64 });
+        return Err(Error::Truncated {
+            path: path.to_path_buf(),
+            what: "data section".into(),
+            start: data_offset,
+            end: data_offset,
+            len: bytes.len() as u64,
+        });
     }
 
     let mut tensors = Vec::with_capacity(infos.len());
     let mut ggml_types = Vec::with_capacity(infos.len());
     for (name, ne, ty, offset) in infos {
         let what = || format!("tensor {name:?}");
-        let n = numel(&ne).ok_or_else(|| Error::malformed(path, what(), format!("shape {ne:?} overflows")))?;
+        let n = numel(&ne)
+            .ok_or_else(|| Error::malformed(path, what(), format!("shape {ne:?} overflows")))?;
         if ne.first().is_some_and(|&row| row % ty.block_size() != 0) {
-            return Err(Error::malformed(path, what(), format!("row length {} is not a multiple of the {} block size {}", ne[0], ty.name(), ty.block_size())));
+            return Err(Error::malformed(
+                path,
+                what(),
+                format!(
+                    "row length {} is not a multiple of the {} block size {}",
+                    ne[0],
+                    ty.name(),
+                    ty.block_size()
+                ),
+            ));
         }
         let dtype = ty.to_dtype();
-        let size = dtype.storage_bytes(n).ok_or_else(|| Error::malformed(path, what(), format!("{} bytes of {} overflow", n, ty.name())))?;
+        let size = dtype.storage_bytes(n).ok_or_else(|| {
+            Error::malformed(
+                path,
+                what(),
+                format!("{} bytes of {} overflow", n, ty.name()),
+            )
+        })?;
         if offset % alignment != 0 {
-            return Err(Error::malformed(path, what(), format!("data offset {offset} is not aligned to {alignment} bytes")));
+            return Err(Error::malformed(
+                path,
+                what(),
+                format!("data offset {offset} is not aligned to {alignment} bytes"),
+            ));
         }
         let start = data_offset.checked_add(offset);
         let end = start.and_then(|s| s.checked_add(size));
         let (Some(start), Some(end)) = (start, end) else {
-            return Err(Error::malformed(path, what(), format!("data offset {offset} overflows")));
+            return Err(Error::malformed(
+                path,
+                what(),
+                format!("data offset {offset} overflows"),
+            ));
         };
         if end > bytes.len() as u64 {
-            return Err(Error::Truncated { path: path.to_path_buf(), what: what(), start, end, len: bytes.len() as u64 });
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                what: what(),
+                start,
+                end,
+                len: bytes.len() as u64,
+            });
         }
         // ggml's ne is innermost first; views are outermost first.
         let shape: Vec<usize> = ne.into_iter().rev().collect();
-        tensors.push(TensorEntry { name, dtype, shape, range: start as usize..end as usize });
+        tensors.push(TensorEntry {
+            name,
+            dtype,
+            shape,
+            range: start as usize..end as usize,
+        });
         ggml_types.push(ty);
     }
 
@@ -234,17 +321,38 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
     by_offset.sort_by_key(|t| t.range.start);
     for pair in by_offset.windows(2) {
         if pair[0].range.end > pair[1].range.start {
-            return Err(Error::malformed(path, format!("tensor {:?}", pair[1].name), format!("data {:?} overlaps tensor {:?} at {:?}", pair[1].range, pair[0].name, pair[0].range)));
+            return Err(Error::malformed(
+                path,
+                format!("tensor {:?}", pair[1].name),
+                format!(
+                    "data {:?} overlaps tensor {:?} at {:?}",
+                    pair[1].range, pair[0].name, pair[0].range
+                ),
+            ));
         }
     }
 
-    Ok(Parsed { version, alignment, data_offset: data_offset as usize, metadata, tensors, ggml_types })
+    Ok(Parsed {
+        version,
+        alignment,
+        data_offset: data_offset as usize,
+        metadata,
+        tensors,
+        ggml_types,
+    })
 }
 
 fn check_count(c: &Cursor<'_>, count: u64, min_size: u64, what: &str) -> Result<()> {
     let room = c.remaining() as u64 / min_size;
     if count > room {
-        return Err(Error::malformed(c.path(), what, format!("{count} entries cannot fit in the {} bytes left in the file", c.remaining())));
+        return Err(Error::malformed(
+            c.path(),
+            what,
+            format!(
+                "{count} entries cannot fit in the {} bytes left in the file",
+                c.remaining()
+            ),
+        ));
     }
     Ok(())
 }
@@ -281,16 +389,30 @@ fn read_value(c: &mut Cursor<'_>, ty: u32, key: &str, depth: usize) -> Result<Me
         7 => match c.array::<1>(what)?[0] {
             0 => MetaValue::Bool(false),
             1 => MetaValue::Bool(true),
-            b => return Err(Error::malformed(c.path(), what(), format!("bool byte {b} is neither 0 nor 1"))),
+            b => {
+                return Err(Error::malformed(
+                    c.path(),
+                    what(),
+                    format!("bool byte {b} is neither 0 nor 1"),
+                ));
+            }
         },
         8 => MetaValue::String(read_string(c, &what)?),
         9 => {
             if depth >= MAX_ARRAY_DEPTH {
-                return Err(Error::malformed(c.path(), what(), format!("arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                return Err(Error::malformed(
+                    c.path(),
+                    what(),
+                    format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+                ));
             }
             let elem = c.u32(|| format!("metadata key {key:?}: array element type"))?;
             if elem > 12 {
-                return Err(Error::malformed(c.path(), what(), format!("unknown array element type {elem}")));
+                return Err(Error::malformed(
+                    c.path(),
+                    what(),
+                    format!("unknown array element type {elem}"),
+                ));
             }
             let n = c.u64(|| format!("metadata key {key:?}: array length"))?;
             check_count(c, n, min_size(elem), &what())?;
@@ -303,7 +425,13 @@ fn read_value(c: &mut Cursor<'_>, ty: u32, key: &str, depth: usize) -> Result<Me
         10 => MetaValue::U64(c.u64(what)?),
         11 => MetaValue::I64(i64::from_le_bytes(c.array(what)?)),
         12 => MetaValue::F64(f64::from_le_bytes(c.array(what)?)),
-        t => return Err(Error::malformed(c.path(), what(), format!("unknown value type {t}"))),
+        t => {
+            return Err(Error::malformed(
+                c.path(),
+                what(),
+                format!("unknown value type {t}"),
+            ));
+        }
     })
 }
 

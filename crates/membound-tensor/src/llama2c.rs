@@ -45,7 +45,15 @@ impl Llama2cConfig {
     /// Parses and checks the seven-int32 header.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         let mut c = Cursor::new(path, bytes);
-        let names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"];
+        let names = [
+            "dim",
+            "hidden_dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "vocab_size",
+            "seq_len",
+        ];
         let mut v = [0i32; 7];
         for (slot, name) in v.iter_mut().zip(names) {
             *slot = c.i32(|| format!("header field {name}"))?;
@@ -54,20 +62,53 @@ impl Llama2cConfig {
         v[5] = v[5].checked_abs().unwrap_or(i32::MAX);
         for (val, name) in v.iter().zip(names) {
             if *val <= 0 || *val > MAX_FIELD {
-                return Err(Error::malformed(path, format!("header field {name}"), format!("{val} is outside 1..={MAX_FIELD}")));
+                return Err(Error::malformed(
+                    path,
+                    format!("header field {name}"),
+                    format!("{val} is outside 1..={MAX_FIELD}"),
+                ));
             }
         }
-        let [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len] = v.map(|x| x as usize);
+        let [
+            dim,
+            hidden_dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            vocab_size,
+            seq_len,
+        ] = v.map(|x| x as usize);
         if dim % n_heads != 0 {
-            return Err(Error::malformed(path, "header", format!("dim {dim} is not a multiple of n_heads {n_heads}")));
+            return Err(Error::malformed(
+                path,
+                "header",
+                format!("dim {dim} is not a multiple of n_heads {n_heads}"),
+            ));
         }
         if n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
-            return Err(Error::malformed(path, "header", format!("n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")));
+            return Err(Error::malformed(
+                path,
+                "header",
+                format!("n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}"),
+            ));
         }
         if (dim / n_heads) % 2 != 0 {
-            return Err(Error::malformed(path, "header", format!("head size {} is odd; RoPE needs pairs", dim / n_heads)));
+            return Err(Error::malformed(
+                path,
+                "header",
+                format!("head size {} is odd; RoPE needs pairs", dim / n_heads),
+            ));
         }
-        Ok(Self { dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len, shared_classifier })
+        Ok(Self {
+            dim,
+            hidden_dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            vocab_size,
+            seq_len,
+            shared_classifier,
+        })
     }
 
     /// Size of one attention head.
@@ -104,7 +145,12 @@ impl Llama2cFile {
 
     pub(crate) fn from_storage(path: &Path, storage: Storage) -> Result<Self> {
         let (config, tensors) = parse(path, storage.bytes())?;
-        Ok(Self { path: path.to_path_buf(), storage, config, tensors })
+        Ok(Self {
+            path: path.to_path_buf(),
+            storage,
+            config,
+            tensors,
+        })
     }
 
     /// The header.
@@ -131,7 +177,10 @@ impl TensorSource for Llama2cFile {
         let c = &self.config;
         let n = |v: usize| MetaValue::U64(v as u64);
         vec![
-            ("general.architecture".into(), MetaValue::String("llama".into())),
+            (
+                "general.architecture".into(),
+                MetaValue::String("llama".into()),
+            ),
             ("dim".into(), n(c.dim)),
             ("hidden_dim".into(), n(c.hidden_dim)),
             ("n_layers".into(), n(c.n_layers)),
@@ -139,8 +188,21 @@ impl TensorSource for Llama2cFile {
             ("n_kv_heads".into(), n(c.n_kv_heads)),
             ("vocab_size".into(), n(c.vocab_size)),
             ("seq_len".into(), n(c.seq_len)),
-            ("classifier".into(), MetaValue::String(if c.shared_classifier { "shared" } else { "separate" }.into())),
-            ("rope.layout".into(), MetaValue::String("interleaved".into())),
+            (
+                "classifier".into(),
+                MetaValue::String(
+                    if c.shared_classifier {
+                        "shared"
+                    } else {
+                        "separate"
+                    }
+                    .into(),
+                ),
+            ),
+            (
+                "rope.layout".into(),
+                MetaValue::String("interleaved".into()),
+            ),
         ]
     }
 }
@@ -152,7 +214,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
     let rope = cfg.seq_len * cfg.head_size() / 2;
 
     // (name, shape) in file order; per-layer tensors are runs of `l` slices.
-    let mut plan: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![v, d])];
+    let mut plan: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![v, d])];
     let per_layer: [(&str, Vec<usize>); 9] = [
         ("input_layernorm.weight", vec![d]),
         ("self_attn.q_proj.weight", vec![d, d]),
@@ -189,11 +252,26 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
             return Err(Error::malformed(path, "header", "tensor sizes overflow"));
         };
         if end > bytes.len() as u64 {
-            let what = if name.is_empty() { "RoPE tables".to_string() } else { format!("tensor {name:?}") };
-            return Err(Error::Truncated { path: path.into(), what, start: offset, end, len: bytes.len() as u64 });
+            let what = if name.is_empty() {
+                "RoPE tables".to_string()
+            } else {
+                format!("tensor {name:?}")
+            };
+            return Err(Error::Truncated {
+                path: path.into(),
+                what,
+                start: offset,
+                end,
+                len: bytes.len() as u64,
+            });
         }
         if !name.is_empty() {
-            tensors.push(TensorEntry { name, dtype: DType::F32, shape, range: offset as usize..end as usize });
+            tensors.push(TensorEntry {
+                name,
+                dtype: DType::F32,
+                shape,
+                range: offset as usize..end as usize,
+            });
         }
         offset = end;
     }
@@ -201,7 +279,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
         return Err(Error::malformed(
             path,
             "file size",
-            format!("the header implies {offset} bytes but the file has {}; not a llama2.c version-0 checkpoint for this header", bytes.len()),
+            format!(
+                "the header implies {offset} bytes but the file has {}; not a llama2.c version-0 checkpoint for this header",
+                bytes.len()
+            ),
         ));
     }
     Ok((cfg, tensors))
@@ -230,13 +311,20 @@ impl Llama2cTokenizer {
     pub fn parse(path: &Path, bytes: &[u8], vocab_size: Option<usize>) -> Result<Self> {
         let mut c = Cursor::new(path, bytes);
         let max_len = c.i32(|| "max_token_length".into())?;
-        let max_token_length = usize::try_from(max_len)
-            .map_err(|_| Error::malformed(path, "max_token_length", format!("{max_len} is negative")))?;
+        let max_token_length = usize::try_from(max_len).map_err(|_| {
+            Error::malformed(path, "max_token_length", format!("{max_len} is negative"))
+        })?;
         // Each token needs at least 8 bytes: never reserve more than the file can hold.
         let room = c.remaining() / 8;
         if let Some(n) = vocab_size {
             if n > room {
-                return Err(Error::Truncated { path: path.into(), what: format!("{n} tokens"), start: 4, end: 4 + 8 * n as u64, len: bytes.len() as u64 });
+                return Err(Error::Truncated {
+                    path: path.into(),
+                    what: format!("{n} tokens"),
+                    start: 4,
+                    end: 4 + 8 * n as u64,
+                    len: bytes.len() as u64,
+                });
             }
         }
         let mut tokens = Vec::with_capacity(vocab_size.unwrap_or(room).min(room));
@@ -244,18 +332,38 @@ impl Llama2cTokenizer {
             let id = tokens.len();
             let score = c.f32(|| format!("score of token {id}"))?;
             let len = c.i32(|| format!("length of token {id}"))?;
-            let len = usize::try_from(len)
-                .map_err(|_| Error::malformed(path, format!("token {id}"), format!("negative length {len}")))?;
+            let len = usize::try_from(len).map_err(|_| {
+                Error::malformed(
+                    path,
+                    format!("token {id}"),
+                    format!("negative length {len}"),
+                )
+            })?;
             if len > max_token_length {
-                return Err(Error::malformed(path, format!("token {id}"), format!("length {len} exceeds max_token_length {max_token_length}")));
+                return Err(Error::malformed(
+                    path,
+                    format!("token {id}"),
+                    format!("length {len} exceeds max_token_length {max_token_length}"),
+                ));
             }
             let text = c.take(len, || format!("bytes of token {id}"))?;
             tokens.push((text.to_vec(), score));
         }
         if c.remaining() != 0 {
-            return Err(Error::malformed(path, "file size", format!("{} bytes remain after {} tokens", c.remaining(), tokens.len())));
+            return Err(Error::malformed(
+                path,
+                "file size",
+                format!(
+                    "{} bytes remain after {} tokens",
+                    c.remaining(),
+                    tokens.len()
+                ),
+            ));
         }
-        Ok(Self { max_token_length, tokens })
+        Ok(Self {
+            max_token_length,
+            tokens,
+        })
     }
 }
 

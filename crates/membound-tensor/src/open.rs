@@ -15,7 +15,10 @@ pub fn open(path: impl AsRef<Path>) -> Result<Box<dyn TensorSource>> {
     if path.is_dir() {
         return Err(Error::Io {
             path: path.into(),
-            source: std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory; name a model file inside it"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory; name a model file inside it",
+            ),
         });
     }
     let storage = Storage::map(path)?;
@@ -36,7 +39,9 @@ pub fn open(path: impl AsRef<Path>) -> Result<Box<dyn TensorSource>> {
             } else {
                 Err(Error::UnknownFormat {
                     path: path.into(),
-                    reason: format!("no GGUF magic, no safetensors JSON header, and as llama2.c: {e}"),
+                    reason: format!(
+                        "no GGUF magic, no safetensors JSON header, and as llama2.c: {e}"
+                    ),
                 })
             }
         }

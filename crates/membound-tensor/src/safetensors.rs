@@ -33,7 +33,12 @@ impl SafetensorsFile {
 
     pub(crate) fn from_storage(path: &Path, storage: Storage) -> Result<Self> {
         let (tensors, metadata) = parse(path, storage.bytes())?;
-        Ok(Self { path: path.to_path_buf(), storage, tensors, metadata })
+        Ok(Self {
+            path: path.to_path_buf(),
+            storage,
+            tensors,
+            metadata,
+        })
     }
 
     /// The free-form `__metadata__` strings, sorted by key.
@@ -57,7 +62,10 @@ impl TensorSource for SafetensorsFile {
     }
 
     fn metadata(&self) -> Vec<(String, MetaValue)> {
-        self.metadata.iter().map(|(k, v)| (k.clone(), MetaValue::String(v.clone()))).collect()
+        self.metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), MetaValue::String(v.clone())))
+            .collect()
     }
 }
 
@@ -66,7 +74,8 @@ type Parsed = (Vec<TensorEntry>, Vec<(String, String)>);
 fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
     // The crate validates the header: size cap, JSON, dtype names, shape
     // overflow, contiguous non-overlapping offsets covering the whole buffer.
-    let (header_len, meta) = SafeTensors::read_metadata(bytes).map_err(|e| map_error(path, bytes, e))?;
+    let (header_len, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| map_error(path, bytes, e))?;
     let data_start = 8 + header_len;
     let mut tensors = Vec::with_capacity(meta.tensors().len());
     for (name, info) in meta.tensors() {
@@ -80,11 +89,20 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
         let range = (data_start + s)..(data_start + e);
         // Re-check what the view relies on; the crate already did, cheaply.
         crate::TensorView::new(&name, dtype, &info.shape, &bytes[range.clone()])?;
-        tensors.push(TensorEntry { name, dtype, shape: info.shape.clone(), range });
+        tensors.push(TensorEntry {
+            name,
+            dtype,
+            shape: info.shape.clone(),
+            range,
+        });
     }
     tensors.sort_by_key(|t| t.range.start);
-    let mut metadata: Vec<(String, String)> =
-        meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let mut metadata: Vec<(String, String)> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     metadata.sort();
     Ok((tensors, metadata))
 }
@@ -93,11 +111,25 @@ fn map_error(path: &Path, bytes: &[u8], e: SafeTensorError) -> Error {
     let header = "header";
     let problem = match e {
         SafeTensorError::HeaderTooSmall => {
-            return Error::Truncated { path: path.into(), what: "8-byte header length".into(), start: 0, end: 8, len: bytes.len() as u64 };
+            return Error::Truncated {
+                path: path.into(),
+                what: "8-byte header length".into(),
+                start: 0,
+                end: 8,
+                len: bytes.len() as u64,
+            };
         }
         SafeTensorError::InvalidHeaderLength => {
-            let n = bytes.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-            return Error::Truncated { path: path.into(), what: "JSON header".into(), start: 8, end: n.saturating_add(8), len: bytes.len() as u64 };
+            let n = bytes
+                .get(..8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+            return Error::Truncated {
+                path: path.into(),
+                what: "JSON header".into(),
+                start: 8,
+                end: n.saturating_add(8),
+                len: bytes.len() as u64,
+            };
         }
         SafeTensorError::HeaderTooLarge => "header is larger than the 100 MB cap".to_string(),
         SafeTensorError::InvalidHeader(e) => format!("header is not UTF-8: {e}"),
@@ -105,19 +137,35 @@ fn map_error(path: &Path, bytes: &[u8], e: SafeTensorError) -> Error {
             // Unknown dtypes surface here, as serde's "unknown variant".
             let msg = e.to_string();
             if msg.contains("unknown variant") {
-                return Error::UnknownDType { path: path.into(), tensor: String::new(), kind: "safetensors dtype", id: msg };
+                return Error::UnknownDType {
+                    path: path.into(),
+                    tensor: String::new(),
+                    kind: "safetensors dtype",
+                    id: msg,
+                };
             }
             format!("header is not valid safetensors JSON: {msg}")
         }
         SafeTensorError::InvalidOffset(name) => {
-            return Error::malformed(path, format!("tensor {name:?}"), "data offsets are not contiguous, overlap, or disagree with dtype and shape");
+            return Error::malformed(
+                path,
+                format!("tensor {name:?}"),
+                "data offsets are not contiguous, overlap, or disagree with dtype and shape",
+            );
         }
-        SafeTensorError::TensorInvalidInfo => "a tensor's offsets disagree with its dtype and shape".to_string(),
-        SafeTensorError::ValidationOverflow => "a tensor's shape or byte size overflows".to_string(),
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's offsets disagree with its dtype and shape".to_string()
+        }
+        SafeTensorError::ValidationOverflow => {
+            "a tensor's shape or byte size overflows".to_string()
+        }
         SafeTensorError::MetadataIncompleteBuffer => {
-            "tensor data does not end exactly at the end of the file (truncated or trailing bytes)".to_string()
+            "tensor data does not end exactly at the end of the file (truncated or trailing bytes)"
+                .to_string()
         }
-        SafeTensorError::MisalignedSlice => "a sub-byte tensor does not end on a byte boundary".to_string(),
+        SafeTensorError::MisalignedSlice => {
+            "a sub-byte tensor does not end on a byte boundary".to_string()
+        }
         other => other.to_string(),
     };
     Error::malformed(path, header, problem)
@@ -224,7 +272,10 @@ pub fn write_safetensors(
     for t in tensors {
         let dtype = to_st_dtype(t.dtype).ok_or_else(|| Error::Output {
             path: path.into(),
-            problem: format!("tensor {:?}: {} cannot be stored in safetensors; convert it first", t.name, t.dtype),
+            problem: format!(
+                "tensor {:?}: {} cannot be stored in safetensors; convert it first",
+                t.name, t.dtype
+            ),
         })?;
         TensorView::new(&t.name, t.dtype, &t.shape, &t.data)?;
         views.push((t.name.as_str(), WriteView(t, dtype)));

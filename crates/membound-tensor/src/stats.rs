@@ -49,10 +49,16 @@ impl Moments {
     /// Combines the moments of two disjoint sets.
     pub fn merge(&self, o: &Self) -> Self {
         if self.n == 0.0 {
-            return Self { non_finite: self.non_finite + o.non_finite, ..*o };
+            return Self {
+                non_finite: self.non_finite + o.non_finite,
+                ..*o
+            };
         }
         if o.n == 0.0 {
-            return Self { non_finite: self.non_finite + o.non_finite, ..*self };
+            return Self {
+                non_finite: self.non_finite + o.non_finite,
+                ..*self
+            };
         }
         let (na, nb) = (self.n, o.n);
         let n = na + nb;
@@ -61,12 +67,23 @@ impl Moments {
         let d3 = d2 * d;
         let d4 = d2 * d2;
         let m2 = self.m2 + o.m2 + d2 * na * nb / n;
-        let m3 = self.m3 + o.m3 + d3 * na * nb * (na - nb) / (n * n)
+        let m3 = self.m3
+            + o.m3
+            + d3 * na * nb * (na - nb) / (n * n)
             + 3.0 * d * (na * o.m2 - nb * self.m2) / n;
-        let m4 = self.m4 + o.m4 + d4 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
+        let m4 = self.m4
+            + o.m4
+            + d4 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
             + 6.0 * d2 * (na * na * o.m2 + nb * nb * self.m2) / (n * n)
             + 4.0 * d * (na * o.m3 - nb * self.m3) / n;
-        Self { n, mean: self.mean + d * nb / n, m2, m3, m4, non_finite: self.non_finite + o.non_finite }
+        Self {
+            n,
+            mean: self.mean + d * nb / n,
+            m2,
+            m3,
+            m4,
+            non_finite: self.non_finite + o.non_finite,
+        }
     }
 
     /// Finite values seen.
@@ -86,13 +103,21 @@ impl Moments {
 
     /// The population standard deviation.
     pub fn std(&self) -> f64 {
-        if self.n == 0.0 { 0.0 } else { (self.m2 / self.n).sqrt() }
+        if self.n == 0.0 {
+            0.0
+        } else {
+            (self.m2 / self.n).sqrt()
+        }
     }
 
     /// Excess kurtosis, `m4 / m2² − 3` (0 for a Gaussian); NaN when the
     /// variance is zero.
     pub fn excess_kurtosis(&self) -> f64 {
-        if self.m2 == 0.0 { f64::NAN } else { self.n * self.m4 / (self.m2 * self.m2) - 3.0 }
+        if self.m2 == 0.0 {
+            f64::NAN
+        } else {
+            self.n * self.m4 / (self.m2 * self.m2) - 3.0
+        }
     }
 }
 
@@ -111,18 +136,26 @@ mod tests {
     #[test]
     fn matches_two_pass_formula() {
         // A skewed, heavy-tailed deterministic sequence that spans chunks.
-        let v: Vec<f32> = (0..10_000).map(|i| ((i as f32 * 0.37).sin()).powi(3) * 5.0 + 100.0).collect();
+        let v: Vec<f32> = (0..10_000)
+            .map(|i| ((i as f32 * 0.37).sin()).powi(3) * 5.0 + 100.0)
+            .collect();
         let m = Moments::of(&v);
         let (mean, std, kurt) = naive(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
         assert!((m.mean() - mean).abs() < 1e-9);
         assert!((m.std() - std).abs() < 1e-9);
-        assert!((m.excess_kurtosis() - kurt).abs() < 1e-6, "{} vs {kurt}", m.excess_kurtosis());
+        assert!(
+            (m.excess_kurtosis() - kurt).abs() < 1e-6,
+            "{} vs {kurt}",
+            m.excess_kurtosis()
+        );
     }
 
     #[test]
     fn known_distributions() {
         // Two-point distribution ±1: excess kurtosis is exactly −2.
-        let v: Vec<f32> = (0..1000).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let v: Vec<f32> = (0..1000)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
         assert!((Moments::of(&v).excess_kurtosis() + 2.0).abs() < 1e-12);
         // Uniform: −1.2 in the limit.
         let v: Vec<f32> = (0..100_000).map(|i| i as f32 / 100_000.0).collect();

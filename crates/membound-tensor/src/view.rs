@@ -38,7 +38,12 @@ impl<'a> TensorView<'a> {
                 found: data.len() as u64,
             });
         }
-        Ok(Self { name, dtype, shape, data })
+        Ok(Self {
+            name,
+            dtype,
+            shape,
+            data,
+        })
     }
 
     /// The tensor's name in the file (llama2.c tensors get Hugging Face names).
@@ -82,7 +87,9 @@ impl<'a> TensorView<'a> {
 
 /// The element count of `shape`, or `None` on overflow (of `u64` or `usize`).
 pub(crate) fn numel(shape: &[usize]) -> Option<u64> {
-    let n = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
+    let n = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
     usize::try_from(n).ok()?;
     Some(n)
 }
@@ -128,9 +135,13 @@ pub trait TensorSource: Send + Sync {
 
     /// The tensor called `name`.
     fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        self.tensors().into_iter().find(|t| t.name() == name).ok_or_else(|| {
-            Error::TensorNotFound { path: self.path().to_path_buf(), name: name.into() }
-        })
+        self.tensors()
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| Error::TensorNotFound {
+                path: self.path().to_path_buf(),
+                name: name.into(),
+            })
     }
 }
 
