@@ -5,8 +5,10 @@
 //! kernel here decodes one block the way ggml's reference `dequantize_row_*`
 //! functions (ggml-quants.c) do: the same element order and the same sequence
 //! of f32 operations, so the output is bit-for-bit what ggml's scalar code
-//! computes. That depends on Rust never contracting `a * b + c` into a fused
-//! multiply-add, which it does not do implicitly.
+//! computes. (Rust never fuses `a * b + c` implicitly. In these formats the
+//! products of an f16 scale and small integer codes are mostly exact in f32
+//! anyway, so each value is typically rounded once whatever the order; keeping
+//! ggml's order makes that a non-issue rather than an argument.)
 //!
 //! Kernels take fixed-size arrays (`&[u8; BYTES]`, `&mut [f32; ELEMS]`), so
 //! their constant offsets are in bounds by construction and the compiler can

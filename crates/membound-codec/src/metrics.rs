@@ -1,0 +1,1 @@
+//! Error and size metrics: SQNR, MSE, max error, bits/weight, compression, kurtosis.

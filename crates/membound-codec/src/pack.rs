@@ -1,0 +1,1 @@
+//! Packing of integer codes into words and bytes.
