@@ -1,5 +1,11 @@
-//! Activation statistics, threshold calibration, masks, and the scalar
-//! column-major sparse mat-vec that is the reference for the GPU kernels.
-//!
-//! This crate is filled by the GPU-kernel and sparsity issues. Nothing is
-//! public yet.
+#![doc = include_str!("../README.md")]
+
+mod colmajor;
+mod error;
+mod stats;
+mod threshold;
+
+pub use colmajor::{ColMajorF16, gemv, sparse_gemv_f32};
+pub use error::{Error, Result};
+pub use stats::SparsityStats;
+pub use threshold::{active_indices, threshold_for_sparsity};
