@@ -149,7 +149,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
                 "GGUF v1 (32-bit lengths) is not supported; re-export the model with a current llama.cpp",
             ));
         }
-        v if v.swap_bytes() <= 3 => {
+        v if (2..=3).contains(&v.swap_bytes()) => {
             return Err(Error::malformed(
                 path,
                 "version",
@@ -278,7 +278,11 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
             Error::malformed(
                 path,
                 what(),
-                format!("{} bytes of {} overflow", n, ty.name()),
+                if n % ty.block_size() as u64 != 0 {
+                    format!("{n} elements are not a whole number of {}-element {} blocks", ty.block_size(), ty.name())
+                } else {
+                    format!("{n} elements of {} overflow the byte size", ty.name())
+                },
             )
         })?;
         if offset % alignment != 0 {

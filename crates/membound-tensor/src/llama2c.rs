@@ -111,6 +111,22 @@ impl Llama2cConfig {
         })
     }
 
+    /// The exact size in bytes of a checkpoint with this header, or `None`
+    /// if it overflows.
+    pub fn file_size(&self) -> Option<u64> {
+        let [d, h, l, v, kv] = [self.dim, self.hidden_dim, self.n_layers, self.vocab_size, self.kv_dim()].map(|x| x as u64);
+        let rope = (self.seq_len as u64).checked_mul(self.head_size() as u64)?; // real + imag halves
+        let per_layer = d.checked_mul(2 + 2 * d + 2 * kv + 3 * h)?; // 2 norms, q, o, k, v, w1-w3
+        let classifier = if self.shared_classifier { 0 } else { v.checked_mul(d)? };
+        let floats = v
+            .checked_mul(d)?
+            .checked_add(l.checked_mul(per_layer)?)?
+            .checked_add(d)?
+            .checked_add(rope)?
+            .checked_add(classifier)?;
+        floats.checked_mul(4)?.checked_add(HEADER_BYTES as u64)
+    }
+
     /// Size of one attention head.
     pub fn head_size(&self) -> usize {
         self.dim / self.n_heads
@@ -213,10 +229,11 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
     let kv = cfg.kv_dim();
     let rope = cfg.seq_len * cfg.head_size() / 2;
 
-    // (name, shape) in file order; per-layer tensors are runs of `l` slices.
-    let mut plan: Vec<(String, Vec<usize>)> =
-        vec![("model.embed_tokens.weight".into(), vec![v, d])];
-    let per_layer: [(&str, Vec<usize>); 9] = [
+    // Runs of tensors in file order: (name, or a per-layer suffix; copies; shape).
+    // There are a dozen runs whatever the header claims, so nothing here
+    // grows with n_layers until the sizes are known to match the file.
+    let mut runs: Vec<(&str, bool, Vec<usize>)> = vec![("model.embed_tokens.weight", false, vec![v, d])];
+    for (suffix, shape) in [
         ("input_layernorm.weight", vec![d]),
         ("self_attn.q_proj.weight", vec![d, d]),
         ("self_attn.k_proj.weight", vec![kv, d]),
@@ -226,64 +243,64 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
         ("mlp.gate_proj.weight", vec![h, d]),
         ("mlp.down_proj.weight", vec![d, h]),
         ("mlp.up_proj.weight", vec![h, d]),
-    ];
-    for (suffix, shape) in &per_layer {
-        for layer in 0..l {
-            plan.push((format!("model.layers.{layer}.{suffix}"), shape.clone()));
-        }
+    ] {
+        runs.push((suffix, true, shape));
     }
-    plan.push(("model.norm.weight".into(), vec![d]));
-    // Legacy RoPE tables (freq_cis_real, freq_cis_imag): skipped, recomputed by engines.
-    plan.push((String::new(), vec![2 * rope]));
+    runs.push(("model.norm.weight", false, vec![d]));
+    // Legacy RoPE tables (freq_cis_real, freq_cis_imag): skipped; engines recompute them.
+    runs.push(("", false, vec![2 * rope]));
     if !cfg.shared_classifier {
-        plan.push(("lm_head.weight".into(), vec![v, d]));
+        runs.push(("lm_head.weight", false, vec![v, d]));
     }
 
-    // Sizes are bounded by MAX_FIELD, but products of several can still
-    // exceed u64 in principle: check every step.
+    let name_of = |run: &str, per_layer: bool, layer: usize| {
+        if run.is_empty() {
+            "RoPE tables".to_string()
+        } else if per_layer {
+            format!("tensor \"model.layers.{layer}.{run}\"")
+        } else {
+            format!("tensor {run:?}")
+        }
+    };
+    // First pass: sizes only, with checked arithmetic; name the first tensor
+    // the file cuts short.
+    let len = bytes.len() as u64;
     let mut offset = HEADER_BYTES as u64;
-    let mut tensors = Vec::with_capacity(plan.len());
-    for (name, shape) in plan {
-        let size = shape
-            .iter()
-            .try_fold(4u64, |acc, &x| acc.checked_mul(x as u64))
-            .and_then(|s| offset.checked_add(s).map(|end| (s, end)));
-        let Some((_, end)) = size else {
+    for (run, per_layer, shape) in &runs {
+        let one = shape.iter().try_fold(4u64, |acc, &x| acc.checked_mul(x as u64));
+        let copies = if *per_layer { l as u64 } else { 1 };
+        let Some((one, end)) = one.and_then(|one| Some((one, offset.checked_add(one.checked_mul(copies)?)?))) else {
             return Err(Error::malformed(path, "header", "tensor sizes overflow"));
         };
-        if end > bytes.len() as u64 {
-            let what = if name.is_empty() {
-                "RoPE tables".to_string()
-            } else {
-                format!("tensor {name:?}")
-            };
-            return Err(Error::Truncated {
-                path: path.into(),
-                what,
-                start: offset,
-                end,
-                len: bytes.len() as u64,
-            });
-        }
-        if !name.is_empty() {
-            tensors.push(TensorEntry {
-                name,
-                dtype: DType::F32,
-                shape,
-                range: offset as usize..end as usize,
-            });
+        if end > len {
+            let layer = if one == 0 { 0 } else { ((len - offset) / one) as usize };
+            let start = offset + layer as u64 * one;
+            return Err(Error::Truncated { path: path.into(), what: name_of(run, *per_layer, layer), start, end: start + one, len });
         }
         offset = end;
     }
-    if offset != bytes.len() as u64 {
+    if offset != len {
         return Err(Error::malformed(
             path,
             "file size",
             format!(
-                "the header implies {offset} bytes but the file has {}; not a llama2.c version-0 checkpoint for this header",
-                bytes.len()
+                "the header implies {offset} bytes but the file has {len}; not a llama2.c version-0 checkpoint for this header"
             ),
         ));
+    }
+
+    // Second pass: the entries, now bounded by the file's real size.
+    let mut offset = HEADER_BYTES;
+    let mut tensors = Vec::new();
+    for (run, per_layer, shape) in runs {
+        let one = 4 * shape.iter().product::<usize>();
+        for layer in 0..if per_layer { l } else { 1 } {
+            if !run.is_empty() {
+                let name = if per_layer { format!("model.layers.{layer}.{run}") } else { run.to_string() };
+                tensors.push(TensorEntry { name, dtype: DType::F32, shape: shape.clone(), range: offset..offset + one });
+            }
+            offset += one;
+        }
     }
     Ok((cfg, tensors))
 }
@@ -322,7 +339,7 @@ impl Llama2cTokenizer {
                     path: path.into(),
                     what: format!("{n} tokens"),
                     start: 4,
-                    end: 4 + 8 * n as u64,
+                    end: (n as u64).saturating_mul(8).saturating_add(4),
                     len: bytes.len() as u64,
                 });
             }

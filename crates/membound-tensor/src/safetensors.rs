@@ -109,6 +109,11 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
 
 fn map_error(path: &Path, bytes: &[u8], e: SafeTensorError) -> Error {
     let header = "header";
+    if matches!(e, SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow) {
+        if let Some((tensor, problem)) = inconsistent_tensor(bytes) {
+            return Error::malformed(path, format!("tensor {tensor:?}"), problem);
+        }
+    }
     let problem = match e {
         SafeTensorError::HeaderTooSmall => {
             return Error::Truncated {
@@ -137,12 +142,14 @@ fn map_error(path: &Path, bytes: &[u8], e: SafeTensorError) -> Error {
             // Unknown dtypes surface here, as serde's "unknown variant".
             let msg = e.to_string();
             if msg.contains("unknown variant") {
-                return Error::UnknownDType {
-                    path: path.into(),
-                    tensor: String::new(),
-                    kind: "safetensors dtype",
-                    id: msg,
-                };
+                if let Some((tensor, dtype)) = unknown_dtype(bytes) {
+                    return Error::UnknownDType {
+                        path: path.into(),
+                        tensor,
+                        kind: "safetensors dtype",
+                        id: dtype,
+                    };
+                }
             }
             format!("header is not valid safetensors JSON: {msg}")
         }
@@ -169,6 +176,44 @@ fn map_error(path: &Path, bytes: &[u8], e: SafeTensorError) -> Error {
         other => other.to_string(),
     };
     Error::malformed(path, header, problem)
+}
+
+/// The header as JSON, when the crate's parse failed after reading it.
+fn header_json(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(n)?)?;
+    serde_json::from_slice(header).ok()
+}
+
+/// The tensor whose dtype the `safetensors` crate did not know, and that dtype.
+fn unknown_dtype(bytes: &[u8]) -> Option<(String, String)> {
+    header_json(bytes)?.into_iter().filter(|(k, _)| k != "__metadata__").find_map(|(name, info)| {
+        let dtype = info.get("dtype")?.clone();
+        let known = serde_json::from_value::<Dtype>(dtype.clone()).is_ok();
+        (!known).then(|| (name, dtype.as_str().map_or_else(|| dtype.to_string(), str::to_string)))
+    })
+}
+
+/// The first tensor whose shape overflows or disagrees with its offsets,
+/// with the reason; the `safetensors` crate reports these without a name.
+fn inconsistent_tensor(bytes: &[u8]) -> Option<(String, String)> {
+    header_json(bytes)?.into_iter().filter(|(k, _)| k != "__metadata__").find_map(|(name, info)| {
+        let dtype: Dtype = serde_json::from_value(info.get("dtype")?.clone()).ok()?;
+        let shape: Vec<u64> = serde_json::from_value(info.get("shape")?.clone()).ok()?;
+        let offsets: [u64; 2] = serde_json::from_value(info.get("data_offsets")?.clone()).ok()?;
+        let bits = shape.iter().try_fold(dtype.bitsize() as u64, |acc, &d| acc.checked_mul(d));
+        let Some(bits) = bits.filter(|_| shape.iter().try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?)).is_some()) else {
+            return Some((name, format!("shape {shape:?} of {dtype:?} overflows")));
+        };
+        let span = offsets[1].checked_sub(offsets[0]);
+        (span != Some(bits.div_ceil(8))).then(|| {
+            (name, format!(
+                "data_offsets {offsets:?} span {} bytes, which disagree with shape {shape:?} of {dtype:?} ({} bytes)",
+                span.map_or_else(|| "a negative range of".to_string(), |s| s.to_string()),
+                bits.div_ceil(8)
+            ))
+        })
+    })
 }
 
 fn from_st_dtype(d: Dtype) -> Option<DType> {

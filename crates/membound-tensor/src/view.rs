@@ -86,12 +86,17 @@ impl<'a> TensorView<'a> {
 }
 
 /// The element count of `shape`, or `None` on overflow (of `u64` or `usize`).
+///
+/// The product of the *non-zero* dimensions must fit even when a zero makes
+/// the count 0: then every partial product, in any order, fits too, so code
+/// that multiplies the dimensions of a validated shape cannot overflow.
 pub(crate) fn numel(shape: &[usize]) -> Option<u64> {
-    let n = shape
+    let nonzero = shape
         .iter()
+        .filter(|&&d| d != 0)
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
-    usize::try_from(n).ok()?;
-    Some(n)
+    usize::try_from(nonzero).ok()?;
+    Some(if shape.contains(&0) { 0 } else { nonzero })
 }
 
 /// Which file format a [`TensorSource`] read.
