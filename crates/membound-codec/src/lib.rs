@@ -6,6 +6,7 @@
 //! at, so [`Encoded::bits_per_weight`] is exact by construction. Codecs are
 //! named by parsable specs such as `affine:bits=4,group=64`; see
 //! [`codec_from_spec`].
+#![doc = include_str!("../README.md")]
 
 mod absmax;
 mod affine;
@@ -22,8 +23,14 @@ mod poly;
 mod spec;
 mod vq;
 
+pub use absmax::AbsmaxCodec;
+pub use affine::{
+    AFFINE_BITS, AFFINE_GROUP_SIZES, AffineCodec, AffineLayout, AffineParts, Group, MLX_SCALE_EPS,
+    ScaleDType, mlx_scale_bias,
+};
 pub use codec::{Codec, Encoded, Matrix, Part, PartDType};
 pub use error::{Error, Result};
+pub use nf4::{NF4_LEVELS, Nf4Codec};
 pub use spec::Spec;
 
 /// The codec names [`codec_from_spec`] accepts.
