@@ -1,4 +1,24 @@
-//! The wgpu runtime (device, buffers, pipeline cache, timing) and the
-//! wrappers of the WGSL mat-vec kernels in the workspace's `shaders/`.
-//!
-//! This crate is filled by the GPU-kernel issue. Nothing is public yet.
+#![doc = include_str!("../README.md")]
+
+mod buffer;
+mod context;
+mod dispatch;
+mod error;
+pub mod kernels;
+mod pipeline;
+pub mod shaders;
+mod timing;
+
+pub use buffer::{GpuBuffer, GpuVector, check_binding_size, check_buffer_size};
+pub use context::{
+    AdapterSummary, ENV_ADAPTER, ENV_BACKEND, ENV_DISABLE, GpuContext, GpuFeatures, GpuOptions,
+};
+pub use dispatch::{Dispatch, Workgroups};
+pub use error::{GpuError, Result};
+pub use kernels::dense::{DenseGemv, WeightDType, dense_gemv_reference};
+pub use pipeline::{Binding, Pipeline, PipelineSpec};
+pub use shaders::{SHADERS, Shader};
+pub use timing::{TimingMethod, Timings};
+
+/// The wgpu this crate is built on, for callers that record their own work.
+pub use wgpu;

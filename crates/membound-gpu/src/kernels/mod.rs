@@ -1,0 +1,4 @@
+//! Kernel wrappers: each uploads its weights once and hands out
+//! [`Dispatch`](crate::Dispatch)es bound to activation vectors.
+
+pub mod dense;
