@@ -1,5 +1,6 @@
 //! The `membound` command-line tool.
 
+mod bench;
 mod convert;
 mod inspect;
 mod models;
@@ -28,6 +29,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    Bench(bench::Args),
     Inspect(inspect::Args),
     Convert(convert::Args),
     Models(models::Args),
@@ -36,6 +38,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Bench(a) => bench::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Models(a) => models::run(a),

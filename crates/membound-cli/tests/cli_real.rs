@@ -178,3 +178,28 @@ fn help_teaches() {
     assert_eq!(code, 0);
     assert!(out.contains("--dtype") && out.contains("renamed into place"), "{out}");
 }
+
+/// `bench kernels --quick` runs on whatever adapter exists (llvmpipe in CI)
+/// and writes a JSON report whose figures are consistent with each other.
+#[test]
+fn bench_kernels_quick_json() {
+    if std::env::var("MEMBOUND_SKIP_GPU").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: MEMBOUND_SKIP_GPU=1");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let (code, out, err) = membound(&["bench", "kernels", "--quick", "--shapes", "64x96", "--json", json.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("× dense f16"), "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        let (us, bytes, gbps) = (row["median_us"].as_f64().unwrap(), row["bytes_read"].as_f64().unwrap(), row["gbps"].as_f64().unwrap());
+        assert!(us > 0.0 && bytes > 0.0);
+        assert!((bytes / (us * 1e-6) / 1e9 - gbps).abs() <= 1e-6 * gbps);
+    }
+    let f16 = rows.iter().find(|r| r["weights"] == "f16").unwrap();
+    assert!((f16["speedup_vs_dense_f16"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+}

@@ -7,6 +7,12 @@ pub enum Error {
     /// Reading the model file failed.
     #[error(transparent)]
     Tensor(#[from] membound_tensor::Error),
+    /// The GPU runtime or a kernel failed.
+    #[error(transparent)]
+    Gpu(#[from] membound_gpu::GpuError),
+    /// A codec rejected its input or spec.
+    #[error(transparent)]
+    Codec(#[from] membound_codec::Error),
     /// The file is readable but is not a model this engine runs.
     #[error("{path}: {problem}")]
     Model {

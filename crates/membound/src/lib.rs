@@ -5,8 +5,11 @@
 //! (`llama` architecture) and llama2.c checkpoints through
 //! [`membound_tensor`].
 
+pub mod bench;
 mod error;
 pub mod model;
+pub mod quantize;
+pub mod study;
 
 pub use error::{Error, Result};
 pub use membound_tensor as tensor;
