@@ -1,0 +1,13 @@
+//! The compression study of the research notes, sections 3–4, made
+//! rerunnable: [`synthetic`] reproduces table 3.1 with a seeded generator,
+//! [`weights`] runs every codec setting on every 2-D weight of a model.
+//!
+//! Results are plain serialisable structs; each study renders itself as
+//! [`Table`]s (markdown or CSV). Plotting and progress bars live in the CLI.
+
+pub mod notes;
+pub mod synthetic;
+mod table;
+
+pub use table::Table;
+pub use table::{db, delta, num, percent, ratio};
