@@ -21,11 +21,12 @@
 //! ŵ     = code · scale + bias                         // mul then add, no FMA
 //! ```
 //!
-//! `round` is round-half-to-even everywhere. The trick is that the
-//! larger-magnitude extreme is stored exactly as the bias (code 0), and the
-//! scale is nudged so that zero lies on the grid (`bias = −q0 · scale`), so
-//! zero and that extreme decode exactly. The price is that the other extreme
-//! can round past `n` and be clamped (see the error bound below).
+//! `round` is round-half-to-even everywhere. The trick: the
+//! larger-magnitude extreme is stored as the bias, so it is code 0 and
+//! decodes exactly, and the scale is nudged from `s0` to `edge / q0` so that
+//! zero falls on the grid too (at code `−q0`, up to the rounding of the
+//! scale). The price is that weights near the other extreme can round past
+//! `n` and be clamped (see the error bound below).
 //!
 //! Scales, biases and codes come from the f32 formula above whatever the
 //! input type. For f16 and bf16 input, MLX computes in f32 on the (exactly
@@ -80,10 +81,12 @@
 //!
 //! In exact arithmetic, with `s = |scale|` of the group and
 //! `r = max − min`, every weight whose code is not clamped is within `s/2`;
-//! a clamped one (only the extreme opposite `edge`) is within `r − n·s`.
-//! Since `|edge| ≥ r/2`, `q0 ≤ |edge|/s0 + 1/2` gives `r − n·s ≤ s`, so the
-//! error never exceeds one step. `tests/codec_props.rs` checks the bound
-//! with f32 and scale-type rounding terms added.
+//! a clamped one (near the extreme opposite `edge`) is within `r − n·s`.
+//! That is at most one step: with `t = |edge|/s0 ≥ n/2` (as
+//! `|edge| ≥ r/2` and `s0 = r/n`) and `|q0| ≤ t + ½`, `s ≥ s0·t/(t + ½)`,
+//! so `r − n·s ≤ r/(2t + 1) ≤ s · n/(2t) ≤ s`. `tests/codec_props.rs`
+//! checks `max(s/2, r − n·s)` per weight, with f32 and scale-type rounding
+//! terms added, and the one-step corollary.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -247,8 +250,11 @@ impl FromStr for ScaleDType {
     }
 }
 
-/// Nearest-even rounding to bfloat16 for finite `x` (overflow gives ∞).
+/// Nearest-even rounding to bfloat16 (overflow gives ∞, NaN stays NaN).
 fn round_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
     let b = x.to_bits();
     f32::from_bits(b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
 }
@@ -871,4 +877,42 @@ impl Codec for AffineCodec {
 /// Builds this module's codec from a parsed spec.
 pub(crate) fn from_spec(spec: Spec) -> Result<Box<dyn Codec>> {
     Ok(Box::new(AffineCodec::from_spec(spec)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_matches_half() {
+        // A sweep of bit patterns across every exponent, signs, NaN and ∞.
+        let xs: Vec<f32> = (0..=u32::MAX).step_by(40_009).map(f32::from_bits).collect();
+        for dt in [ScaleDType::F16, ScaleDType::BF16, ScaleDType::F32] {
+            let mut slice = vec![0f32; xs.len()];
+            dt.round_slice(&xs, &mut slice);
+            for (&x, &r) in xs.iter().zip(&slice) {
+                let want = match dt {
+                    ScaleDType::F16 => f16::from_f32(x).to_f32(),
+                    ScaleDType::BF16 => half::bf16::from_f32(x).to_f32(),
+                    ScaleDType::F32 => x,
+                };
+                let same = |a: f32| a.to_bits() == want.to_bits() || (a.is_nan() && want.is_nan());
+                assert!(
+                    same(dt.round(x)) && same(r),
+                    "{dt} {x:e}: {} / {r} vs {want}",
+                    dt.round(x)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn magic_rounding_is_ties_to_even() {
+        // Every half-integer in the clamped range [0, 255].
+        for i in 0..=510 {
+            let x = i as f32 * 0.5;
+            let got = (x + MAGIC).to_bits() as u8;
+            assert_eq!(f32::from(got), x.round_ties_even(), "{x}");
+        }
+    }
 }

@@ -410,6 +410,21 @@ fn all_codecs() -> Vec<Box<dyn Codec>> {
 }
 
 #[test]
+fn past_failures() {
+    // Cases proptest once shrank to: a bf16 8-bit group whose clamped
+    // extreme needs the `2·n·δ` term of the bound, and an 8-bit absmax
+    // block with a clamped code.
+    let data = matrix(3, 234, 557_367_463_039_754_935, 33, 47.726_284);
+    for c in affine_codecs() {
+        check_affine(&c, Matrix::new(3, 234, &data).unwrap());
+    }
+    let data = matrix(2, 38, 2_317_100_039_895_599_221, 89, 1.0);
+    for c in absmax_codecs() {
+        check_absmax(&c, Matrix::new(2, 38, &data).unwrap());
+    }
+}
+
+#[test]
 fn edge_shapes() {
     let one = [0.37f32];
     let col = [0.5f32, -0.25, 3.0];
@@ -495,7 +510,17 @@ fn unrepresentable_input_is_an_error() {
         );
     };
     let f16 = AffineCodec::new(4, Group::Size(32), ScaleDType::F16).unwrap();
-    input_err(&f16, &[1e5; 32]); // beyond f16
+    let mut big = [1.0f32; 32];
+    big[5] = 1e5; // beyond f16
+    input_err(&f16, &big);
+    let msg = f16
+        .encode(Matrix::new(1, 32, &big).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("row 0, column 5") && msg.contains("f16"),
+        "{msg}"
+    );
     let f32c = AffineCodec::new(4, Group::Size(32), ScaleDType::F32).unwrap();
     let mut wide = [0f32; 32];
     (wide[0], wide[1]) = (3e38, -3e38); // max − min overflows f32
