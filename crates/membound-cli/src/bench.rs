@@ -43,9 +43,15 @@ struct KernelArgs {
     /// Shapes as ROWSxCOLS (out × in), comma-separated [default: LLaMA-8B and SmolLM2 layers].
     #[arg(long, value_delimiter = ',')]
     shapes: Vec<String>,
-    /// Weight formats, comma-separated [default: all].
+    /// Weight formats, comma-separated: f32, f16, affine2|3|4|8[-gG], nf4,
+    /// sparse-f16, sparse-affine4[-gG] [default: all of these, g64].
     #[arg(long, value_delimiter = ',')]
     weights: Vec<String>,
+    /// Input sparsities for the sparse kernels, in percent, comma-separated
+    /// [default: 0,25,50,70,90]. Each runs with random exact zeros and with a
+    /// magnitude-thresholded SwiGLU-like vector.
+    #[arg(long, value_delimiter = ',')]
+    sparsity: Vec<f64>,
     /// Bytes of distinct weight copies per case, in MiB.
     #[arg(long, default_value_t = 512)]
     working_set_mb: u64,
@@ -81,6 +87,7 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
     let mut cfg = Config::default();
     if a.quick {
         cfg.shapes = vec![(576, 576), (1536, 576), (576, 1536)];
+        cfg.sparsities = vec![0.0, 0.5, 0.9];
         cfg.working_set = 4 << 20;
         cfg.reps = 5;
         cfg.warm_up = Duration::from_millis(20);
@@ -92,21 +99,28 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
     if !a.shapes.is_empty() {
         cfg.shapes = a.shapes.iter().map(|s| parse_shape(s)).collect::<Result<_>>()?;
     }
+    if !a.sparsity.is_empty() {
+        anyhow::ensure!(a.sparsity.iter().all(|s| (0.0..100.0).contains(s)), "--sparsity takes percentages in [0, 100)");
+        cfg.sparsities = a.sparsity.iter().map(|s| s / 100.0).collect();
+    }
     if !a.weights.is_empty() {
         cfg.weights = a.weights.iter().map(|w| Weights::parse(w)).collect::<Result<_, _>>()?;
     }
     let ctx = GpuContext::new()?;
     let info = ctx.adapter();
     eprintln!("adapter: {} ({:?}, {} {})", info.name, info.backend, info.driver, info.driver_info);
-    let bar = crate::progress::LazyBar::new((cfg.shapes.len() * cfg.weights.len()) as u64, "benchmark");
+    let bar = std::cell::OnceCell::new();
     let mut last = 0;
-    let report = kernels::run(&ctx, &cfg, a.peak_gbps, &mut |done, _, _| {
+    let report = kernels::run(&ctx, &cfg, a.peak_gbps, &mut |done, total, _| {
+        let bar = bar.get_or_init(|| crate::progress::LazyBar::new(total as u64, "benchmark"));
         while last < done {
             bar.step();
             last += 1;
         }
     })?;
-    bar.finish();
+    if let Some(b) = bar.get() {
+        b.finish();
+    }
 
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);

@@ -4,7 +4,10 @@ mod bench;
 mod convert;
 mod inspect;
 mod models;
+mod plot;
 mod progress;
+mod quantize;
+mod study;
 
 use std::process::ExitCode;
 
@@ -33,6 +36,8 @@ enum Command {
     Inspect(inspect::Args),
     Convert(convert::Args),
     Models(models::Args),
+    Study(study::Args),
+    Quantize(quantize::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +47,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Models(a) => models::run(a),
+        Command::Study(a) => study::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,10 @@ pub use context::{
 };
 pub use dispatch::{Dispatch, Workgroups};
 pub use error::{GpuError, Result};
+pub use kernels::affine::{AffineGemv, KERNEL_BITS};
 pub use kernels::dense::{DenseGemv, WeightDType, dense_gemv_reference};
+pub use kernels::lut::{LutGemv, LutSource};
+pub use kernels::sparse::{Compaction, SparseDType, SparseGemv, SparseTuning, Threshold};
 pub use pipeline::{Binding, Pipeline, PipelineSpec};
 pub use shaders::{SHADERS, Shader};
 pub use timing::{TimingMethod, Timings};

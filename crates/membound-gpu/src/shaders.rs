@@ -21,13 +21,45 @@ impl Shader {
 
 /// Every shader in `shaders/`, one file per kernel family. A test checks
 /// that this table and the folder hold the same files.
-pub const SHADERS: &[Shader] = &[Shader::new(
-    "gemv_dense.wgsl",
-    include_str!("../../../shaders/gemv_dense.wgsl"),
-)];
+pub const SHADERS: &[Shader] = &[
+    Shader::new(
+        "gemv_dense.wgsl",
+        include_str!("../../../shaders/gemv_dense.wgsl"),
+    ),
+    SPARSE_GEMV,
+    SPARSE_REDUCE,
+    GEMV_AFFINE,
+    GEMV_LUT,
+];
 
 /// Dense GEMV with f32 or f16 weights.
 pub const GEMV_DENSE: Shader = SHADERS[0];
+
+/// Activation-sparse GEMV: mask, compaction and column-major mat-vec (f16,
+/// 4-bit affine).
+pub const SPARSE_GEMV: Shader = Shader::new(
+    "sparse_gemv.wgsl",
+    include_str!("../../../shaders/sparse_gemv.wgsl"),
+);
+
+/// Activation-sparse GEMV, second stage: adds the K-chunks' partial sums
+/// and joins their compacted lists.
+pub const SPARSE_REDUCE: Shader = Shader::new(
+    "sparse_reduce.wgsl",
+    include_str!("../../../shaders/sparse_reduce.wgsl"),
+);
+
+/// Affine (MLX layout) GEMV: 2, 3, 4 and 8-bit codes, a scale and bias per group.
+pub const GEMV_AFFINE: Shader = Shader::new(
+    "gemv_affine.wgsl",
+    include_str!("../../../shaders/gemv_affine.wgsl"),
+);
+
+/// Lookup-table GEMV for the codebook codecs (k-means, NF4, polynomial levels).
+pub const GEMV_LUT: Shader = Shader::new(
+    "gemv_lut.wgsl",
+    include_str!("../../../shaders/gemv_lut.wgsl"),
+);
 
 #[cfg(test)]
 mod tests {
@@ -36,6 +68,8 @@ mod tests {
     #[test]
     fn named_constants_point_at_their_files() {
         assert_eq!(GEMV_DENSE.name, "gemv_dense.wgsl");
+        assert_eq!(GEMV_AFFINE.name, "gemv_affine.wgsl");
+        assert_eq!(GEMV_LUT.name, "gemv_lut.wgsl");
         let mut names: Vec<_> = SHADERS.iter().map(|s| s.name).collect();
         names.sort_unstable();
         names.dedup();

@@ -12,4 +12,5 @@ pub mod quantize;
 pub mod study;
 
 pub use error::{Error, Result};
+pub use membound_codec as codec;
 pub use membound_tensor as tensor;

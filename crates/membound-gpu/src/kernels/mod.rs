@@ -1,4 +1,7 @@
 //! Kernel wrappers: each uploads its weights once and hands out
 //! [`Dispatch`](crate::Dispatch)es bound to activation vectors.
 
+pub mod affine;
 pub mod dense;
+pub mod lut;
+pub mod sparse;

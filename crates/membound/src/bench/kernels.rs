@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use membound_gpu::{DenseGemv, Dispatch, GpuContext, GpuVector, TimingMethod, WeightDType};
+use membound_codec::{AffineCodec, Codec, Encoded, Group, Matrix, ScaleDType};
+use membound_gpu::{AffineGemv, DenseGemv, Dispatch, GpuContext, GpuVector, LutGemv, SparseGemv, TimingMethod, WeightDType};
+use membound_sparse::{ColMajorAffine4, ColMajorF16, threshold_for_sparsity};
 use serde::Serialize;
 
 use super::known_peak_gbps;
@@ -26,32 +28,84 @@ pub const DEFAULT_SHAPES: &[(usize, usize)] = &[
     (49152, 576),
 ];
 
-/// How a benchmarked matrix is stored.
+/// How a benchmarked matrix is stored, and which kernel multiplies it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum Weights {
     /// Dense f32.
     F32,
     /// Dense f16.
     F16,
+    /// Affine in MLX's layout with f16 scales and biases.
+    Affine {
+        /// Bits per code.
+        bits: u32,
+        /// Weights per scale, along the row.
+        group: usize,
+    },
+    /// NF4 with f16 absmax scales per block of 64 (LUT kernel).
+    Nf4,
+    /// Activation-sparse: column-major f16, reading only active columns.
+    SparseF16,
+    /// Activation-sparse: column-major 4-bit affine, groups along the output.
+    SparseAffine4 {
+        /// Outputs per scale.
+        group: usize,
+    },
 }
 
+/// Every format `membound bench kernels` measures by default.
+pub const ALL_WEIGHTS: &[Weights] = &[
+    Weights::F32,
+    Weights::F16,
+    Weights::Affine { bits: 4, group: 64 },
+    Weights::Affine { bits: 3, group: 64 },
+    Weights::Affine { bits: 2, group: 64 },
+    Weights::Nf4,
+    Weights::SparseF16,
+    Weights::SparseAffine4 { group: 64 },
+];
+
 impl Weights {
-    /// Parses `f32`, `f16`.
+    /// Parses `f32`, `f16`, `affineB[-gG]`, `nf4`, `sparse-f16`, `sparse-affine4[-gG]`.
     pub fn parse(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f32" => Ok(Weights::F32),
-            "f16" => Ok(Weights::F16),
-            other => Err(Error::Request(format!("unknown weight format {other:?} (expected f32, f16)"))),
-        }
+        let t = s.trim().to_ascii_lowercase();
+        let (base, group) = match t.rsplit_once("-g") {
+            Some((b, g)) => (b, g.parse::<usize>().map_err(|_| bad(s))?),
+            None => (t.as_str(), 64),
+        };
+        Ok(match base {
+            "f32" => Weights::F32,
+            "f16" => Weights::F16,
+            "nf4" => Weights::Nf4,
+            "sparse-f16" => Weights::SparseF16,
+            "sparse-affine4" => Weights::SparseAffine4 { group },
+            b if b.starts_with("affine") => Weights::Affine { bits: b["affine".len()..].parse().map_err(|_| bad(s))?, group },
+            _ => return Err(bad(s)),
+        })
     }
 
-    /// Short label for tables.
+    /// Short label for tables, e.g. `affine4-g64`.
     pub fn label(self) -> String {
         match self {
             Weights::F32 => "f32".into(),
             Weights::F16 => "f16".into(),
+            Weights::Affine { bits, group } => format!("affine{bits}-g{group}"),
+            Weights::Nf4 => "nf4".into(),
+            Weights::SparseF16 => "sparse-f16".into(),
+            Weights::SparseAffine4 { group } => format!("sparse-affine4-g{group}"),
         }
     }
+
+    /// Whether the kernel skips inactive inputs.
+    pub fn is_sparse(self) -> bool {
+        matches!(self, Weights::SparseF16 | Weights::SparseAffine4 { .. })
+    }
+}
+
+fn bad(s: &str) -> Error {
+    Error::Request(format!(
+        "unknown weight format {s:?} (expected f32, f16, affine2|3|4|8[-g32|64|128], nf4, sparse-f16, sparse-affine4[-gG])"
+    ))
 }
 
 /// What to run.
@@ -61,6 +115,8 @@ pub struct Config {
     pub shapes: Vec<(usize, usize)>,
     /// Storage formats.
     pub weights: Vec<Weights>,
+    /// Input sparsities for the sparse kernels (dense kernels run once).
+    pub sparsities: Vec<f64>,
     /// Bytes of distinct weight copies each case rotates through.
     pub working_set: u64,
     /// Timed passes per case.
@@ -75,7 +131,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             shapes: DEFAULT_SHAPES.to_vec(),
-            weights: vec![Weights::F32, Weights::F16],
+            weights: ALL_WEIGHTS.to_vec(),
+            sparsities: vec![0.0, 0.25, 0.5, 0.7, 0.9],
             working_set: 512 << 20,
             reps: 20,
             warm_up: Duration::from_millis(300),
@@ -93,7 +150,7 @@ pub struct Row {
     pub cols: usize,
     /// Storage format label.
     pub weights: String,
-    /// Share of inputs skipped (0 for dense kernels).
+    /// Share of inputs actually skipped (0 for dense kernels).
     pub sparsity: f64,
     /// How the input's zeros were made: `dense`, `random` or `magnitude`.
     pub mask: String,
@@ -134,20 +191,57 @@ pub struct Report {
 
 /// A kernel bound to one copy of its weights.
 trait BenchKernel {
-    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector) -> Result<Dispatch>;
-    fn bytes_read(&self) -> u64;
+    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, tau: f32, y: &GpuVector) -> Result<Dispatch>;
     fn weight_bytes(&self) -> u64;
+    /// Bytes one call reads with `active` of the inputs active.
+    fn bytes_read(&self, active: usize) -> u64;
 }
 
 impl BenchKernel for DenseGemv {
-    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector) -> Result<Dispatch> {
+    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, _: f32, y: &GpuVector) -> Result<Dispatch> {
         Ok(self.bind(ctx, x, y)?)
-    }
-    fn bytes_read(&self) -> u64 {
-        DenseGemv::bytes_read(self)
     }
     fn weight_bytes(&self) -> u64 {
         DenseGemv::weight_bytes(self)
+    }
+    fn bytes_read(&self, _: usize) -> u64 {
+        DenseGemv::bytes_read(self)
+    }
+}
+
+impl BenchKernel for AffineGemv {
+    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, _: f32, y: &GpuVector) -> Result<Dispatch> {
+        Ok(self.bind(ctx, x, y)?)
+    }
+    fn weight_bytes(&self) -> u64 {
+        AffineGemv::weight_bytes(self)
+    }
+    fn bytes_read(&self, _: usize) -> u64 {
+        AffineGemv::bytes_read(self)
+    }
+}
+
+impl BenchKernel for LutGemv {
+    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, _: f32, y: &GpuVector) -> Result<Dispatch> {
+        Ok(self.bind(ctx, x, y)?)
+    }
+    fn weight_bytes(&self) -> u64 {
+        LutGemv::weight_bytes(self)
+    }
+    fn bytes_read(&self, _: usize) -> u64 {
+        LutGemv::bytes_read(self)
+    }
+}
+
+impl BenchKernel for SparseGemv {
+    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, tau: f32, y: &GpuVector) -> Result<Dispatch> {
+        Ok(self.bind(ctx, x, tau, y)?)
+    }
+    fn weight_bytes(&self) -> u64 {
+        SparseGemv::weight_bytes(self)
+    }
+    fn bytes_read(&self, active: usize) -> u64 {
+        SparseGemv::bytes_read(self, active)
     }
 }
 
@@ -161,30 +255,92 @@ fn unit(k: u64) -> f32 {
     (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
 }
 
-fn build(ctx: &GpuContext, w: Weights, rows: usize, cols: usize, data: &[f32], copy: usize) -> Result<Box<dyn BenchKernel>> {
-    let name = format!("bench {rows}x{cols} {} #{copy}", w.label());
+/// Roughly Gaussian (Irwin–Hall of four hashes), unit variance.
+fn gauss(k: u64) -> f32 {
+    // Each hash is uniform on [-1, 1) with variance 1/3; four sum to variance 4/3.
+    (0..4).map(|i| unit(k.wrapping_mul(4).wrapping_add(i))).sum::<f32>() * (3.0f32 / 4.0).sqrt()
+}
+
+/// The input vector and threshold of a case.
+///
+/// `random`: exactly ⌊s·n⌋ inputs, at hashed positions, are exact zeros and
+/// τ = 0 (the lossless exact-zero test). `magnitude`: a SwiGLU-like vector
+/// silu(a)·b with Gaussian a, b, thresholded at the magnitude that drops a
+/// share s — what a TEAL-style engine does.
+fn input(cols: usize, sparsity: f64, mask: &str) -> Result<(Vec<f32>, f32)> {
+    match mask {
+        "magnitude" => {
+            let x: Vec<f32> = (0..cols as u64)
+                .map(|j| {
+                    let (a, b) = (gauss(2 * j + 7), gauss(2 * j + 8));
+                    a / (1.0 + (-a).exp()) * b
+                })
+                .collect();
+            let tau = threshold_for_sparsity(&x, sparsity).map_err(|e| Error::Request(e.to_string()))?;
+            Ok((x, tau))
+        }
+        _ => {
+            let mut x: Vec<f32> = (0..cols as u64).map(|j| 0.05 + unit(!j).abs()).collect();
+            let mut order: Vec<usize> = (0..cols).collect();
+            order.sort_by_key(|&j| (unit(j as u64 ^ 0xA5A5) * 1e6) as i64);
+            for &j in order.iter().take((sparsity * cols as f64).floor() as usize) {
+                x[j] = 0.0;
+            }
+            Ok((x, 0.0))
+        }
+    }
+}
+
+/// Weights of one shape in one format, encoded once and uploaded per copy.
+enum Prepared {
+    Dense(WeightDType),
+    Affine(AffineCodec, Encoded),
+    Lut(Encoded),
+    SparseF16(ColMajorF16),
+    SparseAffine4(ColMajorAffine4),
+}
+
+fn prepare(w: Weights, rows: usize, cols: usize, data: &[f32]) -> Result<Prepared> {
+    let m = Matrix::new(rows, cols, data)?;
     Ok(match w {
-        Weights::F32 => Box::new(DenseGemv::new(ctx, &name, rows, cols, data, WeightDType::F32)?),
-        Weights::F16 => Box::new(DenseGemv::new(ctx, &name, rows, cols, data, WeightDType::F16)?),
+        Weights::F32 => Prepared::Dense(WeightDType::F32),
+        Weights::F16 => Prepared::Dense(WeightDType::F16),
+        Weights::Affine { bits, group } => {
+            let codec = AffineCodec::new(bits, Group::Size(group), ScaleDType::F16)?;
+            let e = codec.encode(m)?;
+            Prepared::Affine(codec, e)
+        }
+        Weights::Nf4 => Prepared::Lut(membound_codec::codec_from_spec("nf4:block=64")?.encode(m)?),
+        Weights::SparseF16 => Prepared::SparseF16(ColMajorF16::from_row_major(data, rows, cols).map_err(|e| Error::Request(e.to_string()))?),
+        Weights::SparseAffine4 { group } => Prepared::SparseAffine4(
+            ColMajorAffine4::from_row_major(data, rows, cols, group).map_err(|e| Error::Request(e.to_string()))?,
+        ),
     })
 }
 
-/// Times one case: copies of the kernel rotated through in each pass.
+fn upload(ctx: &GpuContext, p: &Prepared, rows: usize, cols: usize, data: &[f32], name: &str) -> Result<Box<dyn BenchKernel>> {
+    Ok(match p {
+        Prepared::Dense(dt) => Box::new(DenseGemv::new(ctx, name, rows, cols, data, *dt)?),
+        Prepared::Affine(codec, e) => Box::new(AffineGemv::new(ctx, name, codec, e)?),
+        Prepared::Lut(e) => Box::new(LutGemv::new(ctx, name, e)?),
+        Prepared::SparseF16(m) => Box::new(SparseGemv::from_f16(ctx, name, m)?),
+        Prepared::SparseAffine4(m) => Box::new(SparseGemv::from_affine4(ctx, name, m)?),
+    })
+}
+
+/// Uploads enough copies, warms up, and times passes over all copies.
+/// Returns (copies, seconds per GEMV, bytes per GEMV).
+#[allow(clippy::too_many_arguments)]
 fn time_case(
     ctx: &GpuContext,
     cfg: &Config,
-    make: &dyn Fn(usize) -> Result<Box<dyn BenchKernel>>,
+    kernels: &[Box<dyn BenchKernel>],
     x: &GpuVector,
+    tau: f32,
+    active: usize,
     y: &GpuVector,
-) -> Result<(usize, f64, u64)> {
-    let first = make(0)?;
-    let per_copy = first.weight_bytes().max(1);
-    let copies = (cfg.working_set.div_ceil(per_copy) as usize).clamp(2, cfg.max_copies);
-    let mut kernels = vec![first];
-    for c in 1..copies {
-        kernels.push(make(c)?);
-    }
-    let dispatches = kernels.iter().map(|k| k.dispatch(ctx, x, y)).collect::<Result<Vec<_>>>()?;
+) -> Result<(f64, u64)> {
+    let dispatches = kernels.iter().map(|k| k.dispatch(ctx, x, tau, y)).collect::<Result<Vec<_>>>()?;
     let record = |pass: &mut membound_gpu::wgpu::ComputePass<'_>| {
         for d in &dispatches {
             d.record(pass);
@@ -192,8 +348,7 @@ fn time_case(
     };
     ctx.warm_up(cfg.warm_up, record)?;
     let t = ctx.time_repeated(cfg.reps, record)?;
-    let per_gemv = t.median().as_secs_f64() / copies as f64;
-    Ok((copies, per_gemv, kernels[0].bytes_read()))
+    Ok((t.median().as_secs_f64() / kernels.len() as f64, kernels[0].bytes_read(active)))
 }
 
 /// Runs every case of `cfg`. `peak_override` replaces the datasheet peak;
@@ -212,52 +367,67 @@ pub fn run(
             None => (None, None),
         },
     };
-    let total = cfg.shapes.len() * cfg.weights.len();
+    let cases_per_shape: usize =
+        cfg.weights.iter().map(|w| if w.is_sparse() { 2 * cfg.sparsities.len() } else { 1 }).sum();
+    let total = cfg.shapes.len() * cases_per_shape;
     let mut rows = Vec::new();
-    let mut timing = None;
     for &(r, c) in &cfg.shapes {
         let data: Vec<f32> = (0..r * c).map(|i| unit(i as u64) * 0.05).collect();
-        let xs: Vec<f32> = (0..c).map(|i| unit(!(i as u64))).collect();
-        let x = GpuVector::from_slice(ctx, "bench x", &xs)?;
         let y = GpuVector::zeros(ctx, "bench y", r)?;
         let mut dense_f16 = None;
         let mut shape_rows = Vec::new();
         for &w in &cfg.weights {
-            progress(rows.len() + shape_rows.len(), total, &format!("{r}x{c} {}", w.label()));
-            let make = |copy| build(ctx, w, r, c, &data, copy);
-            let (copies, secs, bytes) = time_case(ctx, cfg, &make, &x, &y)?;
-            if w == Weights::F16 {
-                dense_f16 = Some(secs);
+            let prepared = prepare(w, r, c, &data)?;
+            let first = upload(ctx, &prepared, r, c, &data, &format!("bench {r}x{c} {} #0", w.label()))?;
+            let copies = (cfg.working_set.div_ceil(first.weight_bytes().max(1)) as usize).clamp(2, cfg.max_copies);
+            let mut kernels = vec![first];
+            for i in 1..copies {
+                kernels.push(upload(ctx, &prepared, r, c, &data, &format!("bench {r}x{c} {} #{i}", w.label()))?);
             }
-            let gbps = bytes as f64 / secs / 1e9;
-            shape_rows.push(Row {
-                rows: r,
-                cols: c,
-                weights: w.label(),
-                sparsity: 0.0,
-                mask: "dense".into(),
-                copies,
-                median_us: secs * 1e6,
-                bytes_read: bytes,
-                gbps,
-                peak_fraction: peak_gbps.map(|p| gbps / p),
-                speedup_vs_dense_f16: None,
-            });
+            let cases: Vec<(f64, &str)> = if w.is_sparse() {
+                ["random", "magnitude"].iter().flat_map(|m| cfg.sparsities.iter().map(move |&s| (s, *m))).collect()
+            } else {
+                vec![(0.0, "dense")]
+            };
+            for (sparsity, mask) in cases {
+                progress(rows.len() + shape_rows.len(), total, &format!("{r}x{c} {} {mask} {sparsity}", w.label()));
+                let (xs, tau) = input(c, sparsity, mask)?;
+                let active = xs.iter().filter(|v| v.abs() > tau).count();
+                let x = GpuVector::from_slice(ctx, "bench x", &xs)?;
+                let (secs, bytes) = time_case(ctx, cfg, &kernels, &x, tau, active, &y)?;
+                if w == Weights::F16 {
+                    dense_f16 = Some(secs);
+                }
+                let gbps = bytes as f64 / secs / 1e9;
+                shape_rows.push(Row {
+                    rows: r,
+                    cols: c,
+                    weights: w.label(),
+                    sparsity: if w.is_sparse() { 1.0 - active as f64 / c as f64 } else { 0.0 },
+                    mask: mask.into(),
+                    copies,
+                    median_us: secs * 1e6,
+                    bytes_read: bytes,
+                    gbps,
+                    peak_fraction: peak_gbps.map(|p| gbps / p),
+                    speedup_vs_dense_f16: None,
+                });
+            }
         }
         for row in &mut shape_rows {
             row.speedup_vs_dense_f16 = dense_f16.map(|d| d / (row.median_us * 1e-6));
         }
         rows.extend(shape_rows);
-        timing.get_or_insert(if ctx.features().timestamps { TimingMethod::GpuTimestamps } else { TimingMethod::WallClock });
     }
     progress(total, total, "done");
+    let timing = if ctx.features().timestamps { TimingMethod::GpuTimestamps } else { TimingMethod::WallClock };
     Ok(Report {
         device: adapter.name.clone(),
         backend: format!("{:?}", adapter.backend),
         driver: format!("{} {}", adapter.driver, adapter.driver_info),
         peak_gbps,
         peak_source,
-        timing: format!("{:?}", timing.unwrap_or(TimingMethod::WallClock)),
+        timing: format!("{timing:?}"),
         working_set: cfg.working_set,
         rows,
     })

@@ -6,8 +6,10 @@
 //! [`Table`]s (markdown or CSV). Plotting and progress bars live in the CLI.
 
 pub mod notes;
+mod report;
 pub mod synthetic;
 mod table;
+pub mod weights;
 
 pub use table::Table;
 pub use table::{db, delta, num, percent, ratio};

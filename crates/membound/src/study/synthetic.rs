@@ -66,14 +66,25 @@ pub enum Distribution {
 
 impl Distribution {
     /// The bimodal distribution of table 3.1: ½·N(−2, 0.5²) + ½·N(2, 0.5²).
-    pub const BIMODAL: Distribution = Distribution::Mixture { w: 0.5, mu1: -2.0, sigma1: 0.5, mu2: 2.0, sigma2: 0.5 };
+    pub const BIMODAL: Distribution = Distribution::Mixture {
+        w: 0.5,
+        mu1: -2.0,
+        sigma1: 0.5,
+        mu2: 2.0,
+        sigma2: 0.5,
+    };
 
     /// The Student-t of table 3.1: ν = 3 (infinite population kurtosis; a
     /// sample's is finite, well above the notes' "> 6", and unstable).
     pub const STUDENT_T: Distribution = Distribution::StudentT { nu: 3.0 };
 
     /// The four distributions of table 3.1, in the notes' order.
-    pub const TABLE_3_1: [Distribution; 4] = [Distribution::Gaussian, Distribution::Laplace, Self::STUDENT_T, Self::BIMODAL];
+    pub const TABLE_3_1: [Distribution; 4] = [
+        Distribution::Gaussian,
+        Distribution::Laplace,
+        Self::STUDENT_T,
+        Self::BIMODAL,
+    ];
 
     /// A short description with the parameters, e.g. `t (ν = 3)`.
     pub fn describe(&self) -> String {
@@ -81,8 +92,17 @@ impl Distribution {
             Distribution::Gaussian => "N(0, 1)".into(),
             Distribution::Laplace => "Laplace(0, 1)".into(),
             Distribution::StudentT { nu } => format!("Student-t, ν = {nu}"),
-            Distribution::Mixture { w, mu1, sigma1, mu2, sigma2 } => {
-                format!("{w}·N({mu1}, {sigma1}²) + {}·N({mu2}, {sigma2}²)", round3(1.0 - w))
+            Distribution::Mixture {
+                w,
+                mu1,
+                sigma1,
+                mu2,
+                sigma2,
+            } => {
+                format!(
+                    "{w}·N({mu1}, {sigma1}²) + {}·N({mu2}, {sigma2}²)",
+                    round3(1.0 - w)
+                )
             }
         }
     }
@@ -101,14 +121,25 @@ impl Distribution {
                 })
                 .collect(),
             Distribution::StudentT { nu } => {
-                let t = StudentT::new(nu).map_err(|e| Error::Request(format!("Student-t with ν = {nu}: {e}")))?;
+                let t = StudentT::new(nu)
+                    .map_err(|e| Error::Request(format!("Student-t with ν = {nu}: {e}")))?;
                 (0..n).map(|_| t.sample(rng) as f32).collect()
             }
-            Distribution::Mixture { w, mu1, sigma1, mu2, sigma2 } => (0..n)
+            Distribution::Mixture {
+                w,
+                mu1,
+                sigma1,
+                mu2,
+                sigma2,
+            } => (0..n)
                 .map(|_| {
                     let first = rng.random::<f64>() < w;
                     let z = normal(rng);
-                    (if first { mu1 + sigma1 * z } else { mu2 + sigma2 * z }) as f32
+                    (if first {
+                        mu1 + sigma1 * z
+                    } else {
+                        mu2 + sigma2 * z
+                    }) as f32
                 })
                 .collect(),
         })
@@ -132,7 +163,11 @@ pub struct SyntheticOptions {
 
 impl Default for SyntheticOptions {
     fn default() -> Self {
-        Self { seed: 0, rows: 64, cols: 4096 }
+        Self {
+            seed: 0,
+            rows: 64,
+            cols: 4096,
+        }
     }
 }
 
@@ -235,12 +270,42 @@ pub struct SyntheticStudy {
 
 /// The mixtures of the bimodal sweep.
 pub const MIXTURES: [Distribution; 6] = [
-    Distribution::Mixture { w: 0.5, mu1: -1.0, sigma1: 0.5, mu2: 1.0, sigma2: 0.5 },
+    Distribution::Mixture {
+        w: 0.5,
+        mu1: -1.0,
+        sigma1: 0.5,
+        mu2: 1.0,
+        sigma2: 0.5,
+    },
     Distribution::BIMODAL,
-    Distribution::Mixture { w: 0.5, mu1: -3.0, sigma1: 0.5, mu2: 3.0, sigma2: 0.5 },
-    Distribution::Mixture { w: 0.8, mu1: -2.0, sigma1: 0.5, mu2: 2.0, sigma2: 0.5 },
-    Distribution::Mixture { w: 0.95, mu1: -2.0, sigma1: 0.5, mu2: 2.0, sigma2: 0.5 },
-    Distribution::Mixture { w: 0.999, mu1: 0.0, sigma1: 1.0, mu2: 20.0, sigma2: 1.0 },
+    Distribution::Mixture {
+        w: 0.5,
+        mu1: -3.0,
+        sigma1: 0.5,
+        mu2: 3.0,
+        sigma2: 0.5,
+    },
+    Distribution::Mixture {
+        w: 0.8,
+        mu1: -2.0,
+        sigma1: 0.5,
+        mu2: 2.0,
+        sigma2: 0.5,
+    },
+    Distribution::Mixture {
+        w: 0.95,
+        mu1: -2.0,
+        sigma1: 0.5,
+        mu2: 2.0,
+        sigma2: 0.5,
+    },
+    Distribution::Mixture {
+        w: 0.999,
+        mu1: 0.0,
+        sigma1: 1.0,
+        mu2: 20.0,
+        sigma2: 1.0,
+    },
 ];
 
 /// A seed for stream `index` of `seed` (SplitMix64 finaliser, so nearby
@@ -254,7 +319,10 @@ fn stream_seed(seed: u64, index: u64) -> u64 {
 
 /// The `index`-th distribution's `rows × cols` values under `opts`.
 pub fn generate(dist: &Distribution, index: u64, opts: &SyntheticOptions) -> Result<Vec<f32>> {
-    let n = opts.rows.checked_mul(opts.cols).ok_or_else(|| Error::Request("rows × cols overflows".into()))?;
+    let n = opts
+        .rows
+        .checked_mul(opts.cols)
+        .ok_or_else(|| Error::Request("rows × cols overflows".into()))?;
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(opts.seed, index));
     dist.sample(&mut rng, n)
 }
@@ -264,7 +332,12 @@ fn codec_err(spec: &str, e: membound_codec::Error) -> Error {
 }
 
 /// Encodes and decodes `data` as `rows × cols` with `spec`.
-fn roundtrip(spec: &str, rows: usize, cols: usize, data: &[f32]) -> Result<(Box<dyn Codec>, membound_codec::Encoded, Vec<f32>)> {
+fn roundtrip(
+    spec: &str,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+) -> Result<(Box<dyn Codec>, membound_codec::Encoded, Vec<f32>)> {
     let codec = codec_from_spec(spec).map_err(|e| codec_err(spec, e))?;
     let m = Matrix::new(rows, cols, data).map_err(|e| codec_err(spec, e))?;
     let e = codec.encode(m).map_err(|e| codec_err(spec, e))?;
@@ -278,7 +351,10 @@ fn sqnr(x: &[f32], y: &[f32]) -> f64 {
 
 /// SQNR of each row.
 fn row_sqnrs(x: &[f32], y: &[f32], cols: usize) -> Vec<f64> {
-    x.chunks(cols.max(1)).zip(y.chunks(cols.max(1))).map(|(a, b)| sqnr(a, b)).collect()
+    x.chunks(cols.max(1))
+        .zip(y.chunks(cols.max(1)))
+        .map(|(a, b)| sqnr(a, b))
+        .collect()
 }
 
 fn spread(mut v: Vec<f64>) -> Spread {
@@ -292,17 +368,29 @@ fn spread(mut v: Vec<f64>) -> Spread {
         let (i, t) = (pos.floor() as usize, pos.fract());
         v[i] * (1.0 - t) + v[(i + 1).min(v.len() - 1)] * t
     };
-    Spread { p10: q(0.1), p50: q(0.5), p90: q(0.9) }
+    Spread {
+        p10: q(0.1),
+        p50: q(0.5),
+        p90: q(0.9),
+    }
 }
 
 /// The notes' section 2.3 affine formula per row of `cols`, in f32.
 fn notes_affine(data: &[f32], cols: usize) -> Vec<f32> {
     data.chunks(cols.max(1))
         .flat_map(|row| {
-            let (lo, hi) = row.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let (lo, hi) = row
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
             let scale = (hi - lo) / 15.0;
             row.iter().map(move |&w| {
-                if scale > 0.0 { ((w - lo) / scale).round().clamp(0.0, 15.0) * scale + lo } else { w }
+                if scale > 0.0 {
+                    ((w - lo) / scale).round().clamp(0.0, 15.0) * scale + lo
+                } else {
+                    w
+                }
             })
         })
         .collect()
@@ -314,18 +402,27 @@ fn notes_affine(data: &[f32], cols: usize) -> Vec<f32> {
 fn polymse_on_affine_levels(data: &[f32], cols: usize) -> Vec<f32> {
     data.chunks(cols.max(1))
         .flat_map(|row| {
-            let (lo, hi) = row.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let (lo, hi) = row
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
             let scale = f64::from(hi - lo) / 15.0;
             let targets: Vec<f64> = (0..16).map(|j| f64::from(lo) + scale * j as f64).collect();
             let c = cubic_fit(&targets);
             let levels: Vec<f32> = (0..16)
                 .map(|j| {
                     let t = (j as f32 - 7.5) / 7.5;
-                    c.iter().rev().fold(0f32, |acc, &ck| acc.mul_add(t, ck as f32))
+                    c.iter()
+                        .rev()
+                        .fold(0f32, |acc, &ck| acc.mul_add(t, ck as f32))
                 })
                 .collect();
             row.iter().map(move |&w| {
-                *levels.iter().min_by(|a, b| (w - **a).abs().total_cmp(&(w - **b).abs())).unwrap_or(&w)
+                *levels
+                    .iter()
+                    .min_by(|a, b| (w - **a).abs().total_cmp(&(w - **b).abs()))
+                    .unwrap_or(&w)
             })
         })
         .collect()
@@ -347,12 +444,15 @@ fn cubic_fit(targets: &[f64]) -> [f64; 4] {
     }
     // Gaussian elimination with partial pivoting.
     for k in 0..4 {
-        let piv = (k..4).max_by(|&i, &j| a[i][k].abs().total_cmp(&a[j][k].abs())).unwrap_or(k);
+        let piv = (k..4)
+            .max_by(|&i, &j| a[i][k].abs().total_cmp(&a[j][k].abs()))
+            .unwrap_or(k);
         a.swap(k, piv);
-        for i in k + 1..4 {
-            let f = a[i][k] / a[k][k];
-            for c in k..5 {
-                a[i][c] -= f * a[k][c];
+        let pivot = a[k];
+        for row in a.iter_mut().skip(k + 1) {
+            let f = row[k] / pivot[k];
+            for (v, p) in row.iter_mut().zip(pivot).skip(k) {
+                *v -= f * p;
             }
         }
     }
@@ -364,7 +464,11 @@ fn cubic_fit(targets: &[f64]) -> [f64; 4] {
     x
 }
 
-fn measure_distribution(dist: Distribution, index: u64, opts: &SyntheticOptions) -> Result<DistributionResult> {
+fn measure_distribution(
+    dist: Distribution,
+    index: u64,
+    opts: &SyntheticOptions,
+) -> Result<DistributionResult> {
     let (rows, cols) = (opts.rows, opts.cols);
     let x = generate(&dist, index, opts)?;
     let (_, _, mlx) = roundtrip(AFFINE_ROW, rows, cols, &x)?;
@@ -402,15 +506,33 @@ fn measure_distribution(dist: Distribution, index: u64, opts: &SyntheticOptions)
 /// are left out.
 fn groupings(opts: &SyntheticOptions) -> Vec<(String, usize, usize, String, usize)> {
     let n = opts.rows * opts.cols;
-    let mut out = vec![(format!("whole tensor ({n} values)"), opts.rows, opts.cols, "affine:bits=4,group=tensor,scale=f32".to_string(), n)];
+    let mut out = vec![(
+        format!("whole tensor ({n} values)"),
+        opts.rows,
+        opts.cols,
+        "affine:bits=4,group=tensor,scale=f32".to_string(),
+        n,
+    )];
     for len in [65_536usize, 16_384, 4096, 1024, 256] {
         if len <= n && n % len == 0 {
-            out.push((format!("per row, rows of {len}"), n / len, len, AFFINE_ROW.to_string(), len));
+            out.push((
+                format!("per row, rows of {len}"),
+                n / len,
+                len,
+                AFFINE_ROW.to_string(),
+                len,
+            ));
         }
     }
     for g in [128usize, 64, 32] {
         if g <= opts.cols {
-            out.push((format!("groups of {g} (rows of {})", opts.cols), opts.rows, opts.cols, format!("affine:bits=4,group={g},scale=f32"), g));
+            out.push((
+                format!("groups of {g} (rows of {})", opts.cols),
+                opts.rows,
+                opts.cols,
+                format!("affine:bits=4,group={g},scale=f32"),
+                g,
+            ));
         }
     }
     out
@@ -420,15 +542,21 @@ fn groupings(opts: &SyntheticOptions) -> Vec<(String, usize, usize, String, usiz
 /// sweep. Distributions run in parallel.
 pub fn run(opts: &SyntheticOptions) -> Result<SyntheticStudy> {
     if opts.rows == 0 || opts.cols < 16 {
-        return Err(Error::Request(format!("need at least 1 row of 16 values, got {} × {}", opts.rows, opts.cols)));
+        return Err(Error::Request(format!(
+            "need at least 1 row of 16 values, got {} × {}",
+            opts.rows, opts.cols
+        )));
     }
     let distributions: Vec<DistributionResult> = Distribution::TABLE_3_1
         .par_iter()
         .enumerate()
         .map(|(i, d)| measure_distribution(*d, i as u64, opts))
         .collect::<Result<_>>()?;
-    let data: Vec<Vec<f32>> =
-        Distribution::TABLE_3_1.iter().enumerate().map(|(i, d)| generate(d, i as u64, opts)).collect::<Result<_>>()?;
+    let data: Vec<Vec<f32>> = Distribution::TABLE_3_1
+        .iter()
+        .enumerate()
+        .map(|(i, d)| generate(d, i as u64, opts))
+        .collect::<Result<_>>()?;
     let grouping = groupings(opts)
         .into_par_iter()
         .map(|(setting, rows, cols, codec, group_len)| {
@@ -439,7 +567,13 @@ pub fn run(opts: &SyntheticOptions) -> Result<SyntheticStudy> {
                 bits = e.bits_per_weight();
                 sqnr_db.push(sqnr(x, &y));
             }
-            Ok(GroupingResult { setting, group_len, codec, bits_per_weight: bits, sqnr_db })
+            Ok(GroupingResult {
+                setting,
+                group_len,
+                codec,
+                bits_per_weight: bits,
+                sqnr_db,
+            })
         })
         .collect::<Result<_>>()?;
     let mixtures = MIXTURES
@@ -447,7 +581,9 @@ pub fn run(opts: &SyntheticOptions) -> Result<SyntheticStudy> {
         .enumerate()
         .map(|(i, d)| {
             let x = generate(d, 100 + i as u64, opts)?;
-            let s = |spec: &str| roundtrip(spec, opts.rows, opts.cols, &x).map(|(_, _, y)| sqnr(&x, &y));
+            let s = |spec: &str| {
+                roundtrip(spec, opts.rows, opts.cols, &x).map(|(_, _, y)| sqnr(&x, &y))
+            };
             Ok(MixtureResult {
                 distribution: *d,
                 description: d.describe(),
@@ -459,7 +595,12 @@ pub fn run(opts: &SyntheticOptions) -> Result<SyntheticStudy> {
             })
         })
         .collect::<Result<_>>()?;
-    Ok(SyntheticStudy { options: *opts, distributions, grouping, mixtures })
+    Ok(SyntheticStudy {
+        options: *opts,
+        distributions,
+        grouping,
+        mixtures,
+    })
 }
 
 fn short_name(d: &Distribution) -> &'static str {
@@ -546,7 +687,11 @@ impl SyntheticStudy {
         }
 
         let mut headers = vec!["grouping (same values)", "values / group", "bits/weight"];
-        let names: Vec<&str> = self.distributions.iter().map(|d| short_name(&d.distribution)).collect();
+        let names: Vec<&str> = self
+            .distributions
+            .iter()
+            .map(|d| short_name(&d.distribution))
+            .collect();
         headers.extend(names.iter().copied());
         let mut grouping = Table::new("table_3_1_grouping", "4-bit affine SQNR (dB) against group size and row length", &headers)
             .with_note(format!(
@@ -557,7 +702,11 @@ impl SyntheticStudy {
                 o.rows * o.cols
             ));
         for g in &self.grouping {
-            let mut row = vec![g.setting.clone(), g.group_len.to_string(), num(g.bits_per_weight, 3)];
+            let mut row = vec![
+                g.setting.clone(),
+                g.group_len.to_string(),
+                num(g.bits_per_weight, 3),
+            ];
             row.extend(g.sqnr_db.iter().map(|&v| db(v)));
             grouping.push(row);
         }
@@ -601,7 +750,11 @@ mod tests {
 
     #[test]
     fn streams_are_seeded() {
-        let o = SyntheticOptions { seed: 7, rows: 2, cols: 16 };
+        let o = SyntheticOptions {
+            seed: 7,
+            rows: 2,
+            cols: 16,
+        };
         let a = generate(&Distribution::Laplace, 1, &o).unwrap();
         assert_eq!(a, generate(&Distribution::Laplace, 1, &o).unwrap());
         assert_ne!(a, generate(&Distribution::Laplace, 2, &o).unwrap());

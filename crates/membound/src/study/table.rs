@@ -48,11 +48,18 @@ impl Table {
         let mut out = format!("### {}\n\n", self.title);
         out += &format!(
             "| {} |\n",
-            self.headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(" | ")
+            self.headers
+                .iter()
+                .map(|h| esc(h))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         out += &format!("|{}\n", "---|".repeat(self.headers.len()));
         for r in &self.rows {
-            out += &format!("| {} |\n", r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | "));
+            out += &format!(
+                "| {} |\n",
+                r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | ")
+            );
         }
         if !self.note.is_empty() {
             out += &format!("\n{}\n", self.note);
@@ -116,12 +123,20 @@ pub fn ratio(x: f64) -> String {
 
 /// Formats a share in `[0, 1]` as a percentage.
 pub fn percent(x: f64) -> String {
-    if x.is_nan() { "n/a".into() } else { format!("{:.0}%", 100.0 * x) }
+    if x.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.0}%", 100.0 * x)
+    }
 }
 
 /// Formats a plain number with `decimals` decimals, `n/a` for NaN.
 pub fn num(x: f64, decimals: usize) -> String {
-    if x.is_nan() { "n/a".into() } else { format!("{x:.decimals$}") }
+    if x.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{x:.decimals$}")
+    }
 }
 
 #[cfg(test)]
@@ -134,8 +149,19 @@ mod tests {
         t.push(vec!["1".into(), "x,\"y\"".into()]);
         t.push(vec!["2".into()]);
         let md = t.to_markdown();
-        assert!(md.contains("| a | b\\|c |\n|---|---|\n| 1 | x,\"y\" |\n| 2 |  |"), "{md}");
+        assert!(
+            md.contains("| a | b\\|c |\n|---|---|\n| 1 | x,\"y\" |\n| 2 |  |"),
+            "{md}"
+        );
         assert_eq!(t.to_csv(), "a,b|c\n1,\"x,\"\"y\"\"\"\n2,\n");
-        assert_eq!((db(f64::INFINITY), delta(-1.184), ratio(384.2), percent(0.46)), ("∞".into(), "-1.18".into(), "384×".into(), "46%".into()));
+        assert_eq!(
+            (
+                db(f64::INFINITY),
+                delta(-1.184),
+                ratio(384.2),
+                percent(0.46)
+            ),
+            ("∞".into(), "-1.18".into(), "384×".into(), "46%".into())
+        );
     }
 }

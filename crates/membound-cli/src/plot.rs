@@ -1,0 +1,346 @@
+//! SVG plots of the study results (plotters' SVG backend, no font files
+//! needed): the SQNR-vs-bits frontier per codec, weight histograms with their
+//! fitted Gaussian, and synthetic SQNR against group size.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use membound::study::synthetic::SyntheticStudy;
+use membound::study::weights::{Histogram, SettingSummary};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+fn err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("{}: plotting failed: {e}", path.display())
+}
+
+fn color(i: usize) -> RGBColor {
+    // Okabe–Ito and a few more: distinguishable, colour-blind safe first.
+    const C: [(u8, u8, u8); 12] = [
+        (0, 114, 178),
+        (230, 159, 0),
+        (0, 158, 115),
+        (213, 94, 0),
+        (204, 121, 167),
+        (86, 180, 233),
+        (189, 172, 0),
+        (68, 170, 153),
+        (128, 128, 128),
+        (153, 79, 0),
+        (102, 51, 153),
+        (0, 102, 51),
+    ];
+    let (r, g, b) = C[i % C.len()];
+    RGBColor(r, g, b)
+}
+
+/// SQNR (mean over tensors) against bits/weight, one series per codec
+/// family, with the overall Pareto frontier dashed.
+pub fn frontier(path: &Path, title: &str, settings: &[SettingSummary]) -> Result<()> {
+    let pts: Vec<&SettingSummary> = settings
+        .iter()
+        .filter(|s| {
+            s.bits_per_weight.is_finite() && s.bits_per_weight > 0.0 && s.mean_sqnr_db.is_finite()
+        })
+        .collect();
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let xmin = pts
+        .iter()
+        .map(|s| s.bits_per_weight)
+        .fold(f64::INFINITY, f64::min)
+        * 0.8;
+    let xmax = pts.iter().map(|s| s.bits_per_weight).fold(0.0, f64::max) * 1.25;
+    let ymax = pts.iter().map(|s| s.mean_sqnr_db).fold(0.0, f64::max) + 3.0;
+    let ymin = pts.iter().map(|s| s.mean_sqnr_db).fold(0.0, f64::min) - 1.0;
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
+        .map_err(err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("bits per weight (all side information, log scale)")
+        .y_desc("SQNR, dB (mean over tensors)")
+        .x_labels(10)
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x| format!("{}", (x * 100.0).round() / 100.0))
+        .draw()
+        .map_err(err(path))?;
+    let mut families: Vec<&str> = Vec::new();
+    for s in &pts {
+        if !families.contains(&s.family.as_str()) {
+            families.push(&s.family);
+        }
+    }
+    for (i, fam) in families.iter().enumerate() {
+        let mut series: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|s| s.family == *fam)
+            .map(|s| (s.bits_per_weight, s.mean_sqnr_db))
+            .collect();
+        series.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Each family's own frontier as the line; every setting as a dot.
+        let mut line = Vec::new();
+        let mut best = f64::NEG_INFINITY;
+        for &(x, y) in &series {
+            if y > best {
+                line.push((x, y));
+                best = y;
+            }
+        }
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(line, c.stroke_width(2)))
+            .map_err(err(path))?
+            .label(*fam)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(
+                series
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, c.filled())),
+            )
+            .map_err(err(path))?;
+    }
+    let mut front: Vec<(f64, f64)> = pts
+        .iter()
+        .filter(|s| s.on_frontier)
+        .map(|s| (s.bits_per_weight, s.mean_sqnr_db))
+        .collect();
+    front.sort_by(|a, b| a.0.total_cmp(&b.0));
+    chart
+        .draw_series(DashedLineSeries::new(front, 6, 4, BLACK.stroke_width(1)))
+        .map_err(err(path))?
+        .label("Pareto frontier")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(1)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+fn hist_panel(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    h: &Histogram,
+    log: bool,
+    path: &Path,
+) -> Result<()> {
+    let n = h.counts.len().max(1);
+    let width = (h.hi - h.lo) / n as f64;
+    let total = h.count as f64;
+    let gauss = |x: f64| {
+        if h.std > 0.0 {
+            let z = (x - h.mean) / h.std;
+            total * width * (-0.5 * z * z).exp() / (h.std * (2.0 * std::f64::consts::PI).sqrt())
+        } else {
+            0.0
+        }
+    };
+    let peak = h.counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let ymax = peak.max(gauss(h.mean)) * 1.1;
+    let caption = if log {
+        "log scale: the tails"
+    } else {
+        "linear scale"
+    };
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(55);
+    let bars: Vec<(f64, f64, f64)> = h
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            (
+                h.lo + i as f64 * width,
+                h.lo + (i + 1) as f64 * width,
+                c as f64,
+            )
+        })
+        .collect();
+    let curve: Vec<(f64, f64)> = (0..=400)
+        .map(|i| h.lo + (h.hi - h.lo) * i as f64 / 400.0)
+        .map(|x| (x, gauss(x)))
+        .collect();
+    let blue = RGBColor(0, 114, 178);
+    let red = RGBColor(213, 94, 0);
+    if log {
+        let mut chart = builder
+            .build_cartesian_2d(h.lo..h.hi, (0.5f64..ymax).log_scale())
+            .map_err(err(path))?;
+        chart
+            .configure_mesh()
+            .x_desc("weight")
+            .y_desc("count")
+            .draw()
+            .map_err(err(path))?;
+        chart
+            .draw_series(
+                bars.iter()
+                    .filter(|b| b.2 > 0.0)
+                    .map(|&(a, b, c)| Rectangle::new([(a, 0.5), (b, c)], blue.mix(0.5).filled())),
+            )
+            .map_err(err(path))?;
+        chart
+            .draw_series(LineSeries::new(
+                curve.into_iter().filter(|p| p.1 >= 0.5),
+                red.stroke_width(2),
+            ))
+            .map_err(err(path))?;
+    } else {
+        let mut chart = builder
+            .build_cartesian_2d(h.lo..h.hi, 0f64..ymax)
+            .map_err(err(path))?;
+        chart
+            .configure_mesh()
+            .x_desc("weight")
+            .y_desc("count")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(err(path))?;
+        chart
+            .draw_series(
+                bars.iter()
+                    .map(|&(a, b, c)| Rectangle::new([(a, 0.0), (b, c)], blue.mix(0.5).filled())),
+            )
+            .map_err(err(path))?;
+        chart
+            .draw_series(LineSeries::new(curve, red.stroke_width(2)))
+            .map_err(err(path))?
+            .label("Gaussian, same mean and σ")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], red.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err(path))?;
+    }
+    Ok(())
+}
+
+/// A tensor's weight histogram over mean ± 6σ with the Gaussian of the same
+/// mean and σ, on a linear and a log axis side by side.
+pub fn histogram(path: &Path, model: &str, h: &Histogram) -> Result<()> {
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let title = format!(
+        "{model}: {} — excess kurtosis {:.2}, {} weights ({} beyond ±6σ)",
+        h.tensor,
+        h.excess_kurtosis,
+        h.count,
+        h.below + h.above
+    );
+    let root = root.titled(&title, ("sans-serif", 17)).map_err(err(path))?;
+    let (left, right) = root.split_horizontally(500);
+    hist_panel(&left, h, false, path)?;
+    hist_panel(&right, h, true, path)?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+/// 4-bit affine SQNR against values per group, one line per distribution,
+/// with the notes' figures marked.
+pub fn grouping(path: &Path, s: &SyntheticStudy) -> Result<()> {
+    let names: Vec<String> = s
+        .distributions
+        .iter()
+        .map(|d| {
+            d.notes
+                .map_or_else(|| d.description.clone(), |n| n.name.to_string())
+        })
+        .collect();
+    let mut pts: Vec<(f64, Vec<f64>)> = s
+        .grouping
+        .iter()
+        .map(|g| (g.group_len as f64, g.sqnr_db.clone()))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<f64> = pts
+        .iter()
+        .flat_map(|p| p.1.iter().copied())
+        .filter(|v| v.is_finite())
+        .collect();
+    let ymin = all.iter().copied().fold(f64::INFINITY, f64::min).min(0.0) - 1.0;
+    let ymax = all.iter().copied().fold(f64::NEG_INFINITY, f64::max) + 2.0;
+    let (xmin, xmax) = (pts[0].0 * 0.8, pts[pts.len() - 1].0 * 1.25);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "4-bit affine SQNR against group size (same values, regrouped)",
+            ("sans-serif", 19),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
+        .map_err(err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("values sharing one scale and bias (log scale)")
+        .y_desc("SQNR, dB")
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(err(path))?;
+    for (i, name) in names.iter().enumerate() {
+        let c = color(i);
+        let line: Vec<(f64, f64)> = pts
+            .iter()
+            .filter_map(|p| p.1.get(i).map(|&y| (p.0, y)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
+            .map_err(err(path))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(
+                line.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 3, c.filled())),
+            )
+            .map_err(err(path))?;
+        if let Some(n) = s.distributions.get(i).and_then(|d| d.notes) {
+            chart
+                .draw_series(std::iter::once(TriangleMarker::new(
+                    (s.options.cols as f64, n.affine_db),
+                    7,
+                    c.stroke_width(2),
+                )))
+                .map_err(err(path))?;
+        }
+    }
+    chart
+        .draw_series(std::iter::once(TriangleMarker::new((xmin, ymin), 0, BLACK)))
+        .map_err(err(path))?
+        .label("▲ = the notes' figure")
+        .legend(|(x, y)| TriangleMarker::new((x + 9, y), 6, BLACK.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! Times the activation-sparse GEMV (f16 and 4-bit affine) against our
+//! dense f16 GEMV at the same shapes, in the same run, on the present
+//! adapter: mask, compaction and mat-vec all counted.
+//!
+//! Each kernel rotates through enough matrices that the working set exceeds
+//! the GPU's last-level cache, after warming the GPU up to full clocks;
+//! `batch` calls share one output (dependent, like consecutive layers) and
+//! form one timed pass; the median of `reps` passes is reported per call.
+//! x is random in [-1, 1) with τ chosen for each sparsity (a random mask);
+//! sparsity 1 (τ = +∞) leaves only the fixed cost.
+//!
+//! ```sh
+//! cargo run --release -p membound-gpu --example sparse_bench -- \
+//!     [--shapes 4096x14336,14336x4096] [--sparsities 0,0.25,0.5,0.7,0.9,1] \
+//!     [--f16-tunings 16:512,...] [--q4-tunings 8:512,...] [--sweep-sparsities 0.5,0.9] \
+//!     [--group 64] [--dense-extra 4096x1434] [--working-set-mb 1024] [--reps 30] \
+//!     [--batch 8] [--warm-up-ms 300]
+//! ```
+//!
+//! A tuning is `threads_per_column:target_workgroups`; the first of each list
+//! (or the library default when the list is empty) is timed at every
+//! sparsity, the others at the sweep sparsities. Before timing, each
+//! configuration's output is checked against the CPU reference.
+
+use std::time::Duration;
+
+use membound_gpu::{
+    DenseGemv, Dispatch, GpuContext, GpuVector, SparseGemv, SparseTuning, TimingMethod,
+    WeightDType, wgpu,
+};
+use membound_sparse::{ColMajorAffine4, ColMajorF16, active_indices, threshold_for_sparsity};
+
+struct Args {
+    shapes: Vec<(usize, usize)>,
+    sparsities: Vec<f64>,
+    sweep_sparsities: Vec<f64>,
+    f16_tunings: Vec<SparseTuning>,
+    q4_tunings: Vec<SparseTuning>,
+    group: usize,
+    dense_extra: Vec<(usize, usize)>,
+    working_set: u64,
+    reps: usize,
+    batch: usize,
+    warm_up_ms: u64,
+}
+
+fn list<T>(value: &str, f: impl Fn(&str) -> T) -> Vec<T> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(f)
+        .collect()
+}
+
+fn shape(s: &str) -> (usize, usize) {
+    let (r, c) = s.split_once('x').expect("ROWSxCOLS");
+    (r.parse().unwrap(), c.parse().unwrap())
+}
+
+fn tuning(s: &str) -> SparseTuning {
+    let (t, w) = s.split_once(':').expect("THREADS:TARGET");
+    SparseTuning {
+        threads_per_column: t.parse().unwrap(),
+        target_workgroups: w.parse().unwrap(),
+    }
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        shapes: vec![(4096, 14336), (14336, 4096)],
+        sparsities: vec![0.0, 0.25, 0.5, 0.7, 0.9, 1.0],
+        sweep_sparsities: vec![0.5, 0.9],
+        f16_tunings: Vec::new(),
+        q4_tunings: Vec::new(),
+        group: 64,
+        dense_extra: Vec::new(),
+        working_set: 1 << 30,
+        reps: 30,
+        batch: 8,
+        warm_up_ms: 300,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--shapes" => args.shapes = list(&value, shape),
+            "--sparsities" => args.sparsities = list(&value, |s| s.parse().unwrap()),
+            "--sweep-sparsities" => args.sweep_sparsities = list(&value, |s| s.parse().unwrap()),
+            "--f16-tunings" => args.f16_tunings = list(&value, tuning),
+            "--q4-tunings" => args.q4_tunings = list(&value, tuning),
+            "--group" => args.group = value.parse().unwrap(),
+            "--dense-extra" => args.dense_extra = list(&value, shape),
+            "--working-set-mb" => args.working_set = value.parse::<u64>().unwrap() << 20,
+            "--reps" => args.reps = value.parse().unwrap(),
+            "--batch" => args.batch = value.parse().unwrap(),
+            "--warm-up-ms" => args.warm_up_ms = value.parse().unwrap(),
+            _ => panic!("unknown flag {flag}"),
+        }
+    }
+    args
+}
+
+/// A hash of `k` in [-1, 1): incompressible data.
+fn unit(k: u64) -> f32 {
+    let mut z = k.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// Times `calls` (rotating, `batch` per pass) after warming up; returns
+/// the median and best seconds per call and how they were measured.
+fn time_calls(ctx: &GpuContext, args: &Args, calls: &[Dispatch]) -> (f64, f64, TimingMethod) {
+    let mut next = 0;
+    let mut record = |pass: &mut wgpu::ComputePass<'_>| {
+        for _ in 0..args.batch {
+            calls[next % calls.len()].record(pass);
+            next += 1;
+        }
+    };
+    ctx.warm_up(Duration::from_millis(args.warm_up_ms), &mut record)
+        .unwrap();
+    let t = ctx.time_repeated(args.reps, &mut record).unwrap();
+    let batch = args.batch as f64;
+    (
+        t.median().as_secs_f64() / batch,
+        t.min().as_secs_f64() / batch,
+        t.method,
+    )
+}
+
+/// Median seconds of our dense f16 GEMV at `rows × cols`.
+fn dense(ctx: &GpuContext, args: &Args, rows: usize, cols: usize) -> f64 {
+    let w: Vec<f32> = (0..rows * cols).map(|k| unit(k as u64)).collect();
+    let first = DenseGemv::new(ctx, "w0", rows, cols, &w, WeightDType::F16).unwrap();
+    let n = args.working_set.div_ceil(first.weight_bytes()).max(2) as usize;
+    let mut mats = vec![first];
+    for i in 1..n {
+        mats.push(DenseGemv::new(ctx, &format!("w{i}"), rows, cols, &w, WeightDType::F16).unwrap());
+    }
+    let x = GpuVector::from_slice(ctx, "x", &vec![1.0; cols]).unwrap();
+    let y = GpuVector::zeros(ctx, "y", rows).unwrap();
+    let calls: Vec<Dispatch> = mats.iter().map(|m| m.bind(ctx, &x, &y).unwrap()).collect();
+    let (per, best, method) = time_calls(ctx, args, &calls);
+    let bytes = mats[0].bytes_read() as f64;
+    println!(
+        "dense f16      {rows:>6}x{cols:<6}           {:8.2} us (best {:8.2}) {:7.1} GB/s  {n} matrices, {method:?}",
+        per * 1e6,
+        best * 1e6,
+        bytes / per / 1e9
+    );
+    per
+}
+
+/// The weights of one shape on the host, in both forms.
+enum Host {
+    F16(ColMajorF16),
+    Q4(ColMajorAffine4),
+}
+
+impl Host {
+    fn upload(&self, ctx: &GpuContext, name: &str) -> SparseGemv {
+        match self {
+            Host::F16(m) => SparseGemv::from_f16(ctx, name, m).unwrap(),
+            Host::Q4(m) => SparseGemv::from_affine4(ctx, name, m).unwrap(),
+        }
+    }
+
+    fn reference(&self, x: &[f32], active: &[u32]) -> Vec<f32> {
+        match self {
+            Host::F16(m) => m.sparse_gemv(x, active).unwrap(),
+            Host::Q4(m) => m.sparse_gemv(x, active).unwrap(),
+        }
+    }
+}
+
+/// Largest |got − want| relative to the largest |want|.
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(0f64, |a, &w| a.max(f64::from(w.abs())));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |a, (&g, &w)| a.max((f64::from(g) - f64::from(w)).abs()));
+    if scale == 0.0 { err } else { err / scale }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sparse(
+    ctx: &GpuContext,
+    args: &Args,
+    host: &Host,
+    label: &str,
+    rows: usize,
+    cols: usize,
+    dense_time: f64,
+    tunings: &[SparseTuning],
+) {
+    let first = host.upload(ctx, "w0");
+    let n = args.working_set.div_ceil(first.weight_bytes()).max(2) as usize;
+    let mut mats = vec![first];
+    for i in 1..n {
+        mats.push(host.upload(ctx, &format!("w{i}")));
+    }
+    let xs: Vec<f32> = (0..cols).map(|k| unit(!(k as u64))).collect();
+    let x = GpuVector::from_slice(ctx, "x", &xs).unwrap();
+    let y = GpuVector::zeros(ctx, "y", rows).unwrap();
+    let defaults = [mats[0].tuning()];
+    let tunings = if tunings.is_empty() { &defaults[..] } else { tunings };
+    for (t, &tuning) in tunings.iter().enumerate() {
+        let tuned: Vec<SparseGemv> = mats
+            .iter()
+            .map(|m| m.with_tuning(ctx, tuning).unwrap())
+            .collect();
+        // Check against the CPU reference at 50%.
+        let tau = threshold_for_sparsity(&xs, 0.5).unwrap();
+        let active = active_indices(&xs, tau);
+        tuned[0].run(ctx, &x, tau, &y).unwrap();
+        let err = relative_error(&y.read(ctx).unwrap(), &host.reference(&xs, &active));
+        let compaction = tuned[0].read_compaction(ctx).unwrap();
+        let ok = err < 1e-5 && compaction.indices == active;
+        let sparsities = if t == 0 {
+            &args.sparsities
+        } else {
+            &args.sweep_sparsities
+        };
+        for &s in sparsities {
+            let tau = if s >= 1.0 {
+                f32::INFINITY
+            } else {
+                threshold_for_sparsity(&xs, s).unwrap()
+            };
+            let active = active_indices(&xs, tau).len();
+            let calls: Vec<Dispatch> = tuned
+                .iter()
+                .map(|m| m.bind(ctx, &x, tau, &y).unwrap())
+                .collect();
+            let (per, best, method) = time_calls(ctx, args, &calls);
+            let bytes = tuned[0].bytes_read(active) as f64;
+            println!(
+                "{label:6} {:>2}:{:<5} {rows:>6}x{cols:<6} s={s:4.2} {:8.2} us (best {:8.2}) {:7.1} GB/s  x{:5.2} vs dense f16  [{} wg, {} chunks of {}, {n} matrices, {method:?}, err {err:.1e}{}]",
+                tuning.threads_per_column,
+                tuning.target_workgroups,
+                per * 1e6,
+                best * 1e6,
+                bytes / per / 1e9,
+                dense_time / per,
+                tuned[0].workgroups(),
+                tuned[0].chunks(),
+                tuned[0].chunk_len(),
+                if ok { "" } else { " WRONG RESULTS" }
+            );
+        }
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let ctx = GpuContext::new().unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "adapter: {}\nfeatures in use: {}",
+        ctx.adapter(),
+        ctx.features()
+    );
+    for &(rows, cols) in &args.dense_extra {
+        dense(&ctx, &args, rows, cols);
+    }
+    for &(rows, cols) in &args.shapes {
+        let dense_time = dense(&ctx, &args, rows, cols);
+        let w: Vec<f32> = (0..rows * cols).map(|k| unit(k as u64)).collect();
+        let f16 = Host::F16(ColMajorF16::from_row_major(&w, rows, cols).unwrap());
+        sparse(&ctx, &args, &f16, "f16", rows, cols, dense_time, &args.f16_tunings);
+        drop(f16);
+        let q4 = Host::Q4(ColMajorAffine4::from_row_major(&w, rows, cols, args.group).unwrap());
+        let label = format!("q4g{}", args.group);
+        sparse(&ctx, &args, &q4, &label, rows, cols, dense_time, &args.q4_tunings);
+    }
+}

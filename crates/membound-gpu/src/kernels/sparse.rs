@@ -1,0 +1,879 @@
+//! Activation-sparse GEMV `y = Σ_{j : |x_j| > τ} x_j·W[:, j]`
+//! (`shaders/sparse_gemv.wgsl`, `shaders/sparse_reduce.wgsl`): the mask, the
+//! compaction of active inputs and a mat-vec that reads only their weight
+//! columns, all on the GPU, in f16 or 4-bit affine.
+//!
+//! W is stored column-major, so each active input costs one contiguous
+//! read of its column. The first dispatch gives each workgroup a tile of
+//! output rows and a chunk of inputs: it masks and compacts its chunk in
+//! workgroup memory (an ordered prefix sum, so results are deterministic)
+//! and streams the active columns' rows of its tile. With one chunk it
+//! writes y and the compacted list directly; with several (needed to fill
+//! a large GPU when outputs are few) a second small dispatch adds the
+//! chunks' partial sums and joins their lists.
+
+use std::sync::Arc;
+
+use half::f16;
+use membound_sparse::{ColMajorAffine4, ColMajorF16};
+
+use crate::buffer::{GpuBuffer, GpuVector, check_binding_size};
+use crate::context::GpuContext;
+use crate::dispatch::{Dispatch, Workgroups};
+use crate::error::{GpuError, Result};
+use crate::pipeline::{Binding, Pipeline, PipelineSpec};
+use crate::shaders::{SPARSE_GEMV, SPARSE_REDUCE};
+
+/// How the column-major weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SparseDType {
+    /// IEEE half, 8 outputs per 16-byte chunk.
+    F16,
+    /// `affine:bits=4,group=G,scale=f16` applied to Wᵀ: 32 outputs per
+    /// 16-byte chunk, one f16 scale and bias per `group` outputs of a column.
+    Affine4 {
+        /// Outputs per scale group: 32, 64 or 128.
+        group: usize,
+    },
+}
+
+impl SparseDType {
+    /// Outputs per 16-byte chunk of a column.
+    pub const fn rows_per_chunk(self) -> usize {
+        match self {
+            Self::F16 => 8,
+            Self::Affine4 { .. } => 32,
+        }
+    }
+}
+
+/// How the work is split; [`SparseTuning::default_for`] gives the measured
+/// defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SparseTuning {
+    /// Threads reading one column together, 16 bytes each (a power of two,
+    /// at most the workgroup size): a workgroup's row tile is this many
+    /// chunks of every column. Capped at the column's chunk count.
+    pub threads_per_column: u32,
+    /// Workgroups wanted in the first dispatch: the inputs are split into
+    /// as many chunks as it takes (each of 64 to the workgroup-memory
+    /// capacity, 2048, inputs).
+    pub target_workgroups: u32,
+}
+
+impl SparseTuning {
+    /// The defaults for `dtype`.
+    pub const fn default_for(dtype: SparseDType) -> Self {
+        match dtype {
+            SparseDType::F16 => Self {
+                threads_per_column: 16,
+                target_workgroups: 512,
+            },
+            SparseDType::Affine4 { .. } => Self {
+                threads_per_column: 8,
+                target_workgroups: 512,
+            },
+        }
+    }
+}
+
+/// The threshold τ of a sparse GEMV: input j is active iff |x_j| > τ, so
+/// τ = 0 keeps every non-zero input (lossless) and τ = +∞ none. It lives in
+/// a small uniform buffer, so an engine can give every layer its own and
+/// change it without rebinding.
+#[derive(Debug)]
+pub struct Threshold {
+    buffer: GpuBuffer,
+}
+
+impl Threshold {
+    /// A threshold buffer holding `tau` (≥ 0, or +∞; not NaN).
+    pub fn new(ctx: &GpuContext, name: &str, tau: f32) -> Result<Self> {
+        let bits = tau_bits(name, tau)?;
+        let buffer = GpuBuffer::from_bytes(
+            ctx,
+            name,
+            bytemuck::bytes_of(&[bits, 0, 0, 0]),
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
+        Ok(Self { buffer })
+    }
+
+    /// Sets τ for work submitted afterwards.
+    pub fn set(&self, ctx: &GpuContext, tau: f32) -> Result<()> {
+        let bits = tau_bits(self.buffer.name(), tau)?;
+        ctx.queue()
+            .write_buffer(self.buffer.raw(), 0, bytemuck::bytes_of(&bits));
+        Ok(())
+    }
+
+    /// The uniform buffer (the magnitude bits of τ, then padding).
+    pub fn buffer(&self) -> &GpuBuffer {
+        &self.buffer
+    }
+}
+
+/// The bits the kernel compares magnitudes against: for τ ≥ 0 (−0 counts
+/// as 0) and non-NaN x, `|x| > τ` iff `bits(|x|) > bits(τ)`.
+fn tau_bits(name: &str, tau: f32) -> Result<u32> {
+    if tau.is_nan() || tau < 0.0 {
+        return Err(GpuError::invalid(
+            format!("threshold `{name}`"),
+            format!("τ = {tau}; it must be ≥ 0 (0 drops exact zeros only, +∞ drops everything)"),
+        ));
+    }
+    Ok(if tau == 0.0 { 0 } else { tau.to_bits() })
+}
+
+/// The active inputs as the GPU compacted them, read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compaction {
+    /// Indices of active inputs, increasing.
+    pub indices: Vec<u32>,
+    /// Their values in x, bit for bit.
+    pub values: Vec<f32>,
+}
+
+/// Per-matrix constants of `sparse_gemv.wgsl` (its `Params`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    stride: u32,
+    chunk_len: u32,
+    chunks: u32,
+    groups: u32,
+    group_shift: u32,
+    pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+const GEMV_BINDINGS_F16: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Uniform,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::StorageReadWrite,
+    Binding::StorageReadWrite,
+    Binding::StorageReadWrite,
+];
+
+const GEMV_BINDINGS_AFFINE: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Uniform,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::StorageReadWrite,
+    Binding::StorageReadWrite,
+    Binding::StorageReadWrite,
+    Binding::Storage,
+];
+
+const REDUCE_BINDINGS: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::StorageReadWrite,
+    Binding::StorageReadWrite,
+    Binding::StorageReadWrite,
+];
+
+/// Entries of `counts` before the per-chunk counts: the total, then the
+/// rest of an indirect-dispatch triple, then padding.
+const COUNTS_HEADER: usize = 4;
+
+/// Most threads per workgroup.
+const MAX_WG: u32 = 256;
+
+/// Most inputs per chunk (the compacted list lives in workgroup memory,
+/// 8 bytes an entry).
+const MAX_CHUNK: usize = 2048;
+
+/// Fewest inputs per chunk, which bounds the partial sums and the join.
+const MIN_CHUNK: usize = 64;
+
+/// How one matrix's work is laid out on this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    wg: u32,
+    tpc: u32,
+    lmax: u32,
+    row_tiles: u32,
+    chunk_len: u32,
+    chunks: u32,
+}
+
+/// Scratch buffers of one plan.
+#[derive(Debug)]
+struct Scratch {
+    params: GpuBuffer,
+    /// The final compacted list: (index, x bits) per active input.
+    active: GpuBuffer,
+    /// `[count, 1, 1, 0, count of chunk 0, count of chunk 1, …]`.
+    counts: GpuBuffer,
+    /// With several chunks: their partial sums, lists, and the second stage.
+    split: Option<Split>,
+}
+
+#[derive(Debug)]
+struct Split {
+    partials: GpuBuffer,
+    lists: GpuBuffer,
+    params: GpuBuffer,
+    pipeline: Arc<Pipeline>,
+}
+
+/// A weight matrix uploaded once, column-major, with the pipelines and
+/// scratch buffers of the activation-sparse GEMV.
+///
+/// [`SparseGemv::bind`] gives a [`Dispatch`] computing
+/// `y = Σ_{j : |x_j| > τ} x_j·W[:, j]` from x alone: the mask, the
+/// compaction and the mat-vec all run on the GPU, in one or two dispatches
+/// that record into any pass next to other kernels. The compacted list of
+/// the last run stays readable ([`SparseGemv::active_buffer`],
+/// [`SparseGemv::counts_buffer`]). Bindings of one `SparseGemv` share its
+/// scratch buffers, so recorded together they run one after the other.
+#[derive(Debug)]
+pub struct SparseGemv {
+    name: String,
+    rows: usize,
+    cols: usize,
+    dtype: SparseDType,
+    /// 16-byte chunks per column.
+    stride: usize,
+    /// Scale groups per column (4-bit).
+    groups: usize,
+    weights: Arc<GpuBuffer>,
+    scales: Option<Arc<GpuBuffer>>,
+    tuning: SparseTuning,
+    plan: Plan,
+    pipeline: Arc<Pipeline>,
+    scratch: Scratch,
+}
+
+impl SparseGemv {
+    /// Uploads row-major `weights` (`rows × cols`) as column-major f16
+    /// (rounded to nearest).
+    pub fn f16(
+        ctx: &GpuContext,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        weights: &[f32],
+    ) -> Result<Self> {
+        check_shape(name, rows, cols, weights.len())?;
+        let m = ColMajorF16::from_row_major(weights, rows, cols)
+            .map_err(|e| GpuError::invalid(format!("sparse GEMV `{name}`"), e.to_string()))?;
+        Self::from_f16(ctx, name, &m)
+    }
+
+    /// Encodes row-major `weights` (`rows × cols`) column by column as
+    /// 4-bit affine with `group` outputs per scale (32, 64 or 128; see
+    /// [`ColMajorAffine4`]) and uploads it.
+    pub fn affine4(
+        ctx: &GpuContext,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        weights: &[f32],
+        group: usize,
+    ) -> Result<Self> {
+        check_shape(name, rows, cols, weights.len())?;
+        let m = ColMajorAffine4::from_row_major(weights, rows, cols, group)
+            .map_err(|e| GpuError::invalid(format!("sparse GEMV `{name}`"), e.to_string()))?;
+        Self::from_affine4(ctx, name, &m)
+    }
+
+    /// Uploads column-major f16 weights as they are.
+    pub fn from_f16(ctx: &GpuContext, name: &str, m: &ColMajorF16) -> Result<Self> {
+        let (rows, cols) = (m.rows, m.cols);
+        check_shape(name, rows, cols, m.data.len())?;
+        let dtype = SparseDType::F16;
+        let stride = check_layout(name, rows, cols, dtype)?;
+        let col_bytes = stride * 16;
+        let weights = GpuBuffer::with_contents(
+            ctx,
+            name,
+            (cols * col_bytes) as u64,
+            wgpu::BufferUsages::STORAGE,
+            |mut view| {
+                for j in 0..cols {
+                    let bytes: &[u8] = bytemuck::cast_slice(m.column(j));
+                    let at = j * col_bytes;
+                    view.slice(at..at + bytes.len()).copy_from_slice(bytes);
+                }
+            },
+        )?;
+        check_binding_size(ctx, name, weights.size())?;
+        Self::assemble(ctx, name, rows, cols, dtype, stride, 0, weights, None)
+    }
+
+    /// Uploads a column-major 4-bit affine matrix: its codes (each column's
+    /// padded to 16 bytes) and its scales and biases (one u32 per group).
+    pub fn from_affine4(ctx: &GpuContext, name: &str, m: &ColMajorAffine4) -> Result<Self> {
+        let what = || format!("sparse GEMV `{name}`");
+        let (rows, cols, group) = (m.rows(), m.cols(), m.group());
+        let parts = m
+            .parts()
+            .map_err(|e| GpuError::invalid(what(), e.to_string()))?;
+        let dtype = SparseDType::Affine4 { group };
+        let stride = check_layout(name, rows, cols, dtype)?;
+        let groups = rows.div_ceil(group);
+        let layout = parts.layout;
+        if (layout.rows, layout.cols, layout.scales_shape) != (cols, rows, [cols, groups]) {
+            return Err(GpuError::invalid(
+                what(),
+                format!("unexpected encoding layout {layout:?}"),
+            ));
+        }
+        let words = layout.words_per_row;
+        let col_bytes = stride * 16;
+        let weights = GpuBuffer::with_contents(
+            ctx,
+            name,
+            (cols * col_bytes) as u64,
+            wgpu::BufferUsages::STORAGE,
+            |mut view| {
+                for j in 0..cols {
+                    let bytes: &[u8] = bytemuck::cast_slice(&parts.words[j * words..(j + 1) * words]);
+                    let at = j * col_bytes;
+                    view.slice(at..at + bytes.len()).copy_from_slice(bytes);
+                }
+            },
+        )?;
+        check_binding_size(ctx, name, weights.size())?;
+        // Scales and biases came from f16, so converting back is exact.
+        let packed: Vec<u32> = parts
+            .scales
+            .iter()
+            .zip(&parts.biases)
+            .map(|(&s, &b)| {
+                u32::from(f16::from_f32(s).to_bits()) | (u32::from(f16::from_f32(b).to_bits()) << 16)
+            })
+            .collect();
+        let scales_name = format!("{name} scales");
+        let scales = GpuBuffer::from_bytes(
+            ctx,
+            &scales_name,
+            bytemuck::cast_slice(&packed),
+            wgpu::BufferUsages::STORAGE,
+        )?;
+        check_binding_size(ctx, &scales_name, scales.size())?;
+        Self::assemble(
+            ctx,
+            name,
+            rows,
+            cols,
+            dtype,
+            stride,
+            groups,
+            weights,
+            Some(Arc::new(scales)),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        ctx: &GpuContext,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        dtype: SparseDType,
+        stride: usize,
+        groups: usize,
+        weights: GpuBuffer,
+        scales: Option<Arc<GpuBuffer>>,
+    ) -> Result<Self> {
+        let shape = Shape {
+            name,
+            rows,
+            cols,
+            dtype,
+            stride,
+            groups,
+        };
+        let tuning = SparseTuning::default_for(dtype);
+        let (plan, pipeline, scratch) = prepare(ctx, &shape, tuning)?;
+        Ok(Self {
+            name: name.to_owned(),
+            rows,
+            cols,
+            dtype,
+            stride,
+            groups,
+            weights: Arc::new(weights),
+            scales,
+            tuning,
+            plan,
+            pipeline,
+            scratch,
+        })
+    }
+
+    /// The same weights (shared, not copied) with another work split.
+    pub fn with_tuning(&self, ctx: &GpuContext, tuning: SparseTuning) -> Result<Self> {
+        let (plan, pipeline, scratch) = prepare(ctx, &self.shape(), tuning)?;
+        Ok(Self {
+            name: self.name.clone(),
+            weights: Arc::clone(&self.weights),
+            scales: self.scales.clone(),
+            tuning,
+            plan,
+            pipeline,
+            scratch,
+            ..*self
+        })
+    }
+
+    fn shape(&self) -> Shape<'_> {
+        Shape {
+            name: &self.name,
+            rows: self.rows,
+            cols: self.cols,
+            dtype: self.dtype,
+            stride: self.stride,
+            groups: self.groups,
+        }
+    }
+
+    /// Binds the matrix to input `x` (at least `cols` values), threshold
+    /// `tau` (≥ 0; 0 is the exact-zero test) and output `y` (at least `rows`
+    /// values). Build it once and record it as often as wanted.
+    pub fn bind(&self, ctx: &GpuContext, x: &GpuVector, tau: f32, y: &GpuVector) -> Result<Dispatch> {
+        let threshold = Threshold::new(ctx, &format!("{} τ", self.name), tau)?;
+        // The bind group keeps the threshold's buffer alive.
+        self.bind_threshold(ctx, x, &threshold, y)
+    }
+
+    /// Like [`SparseGemv::bind`] with a [`Threshold`] buffer the caller
+    /// keeps and may change between submissions.
+    pub fn bind_threshold(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        tau: &Threshold,
+        y: &GpuVector,
+    ) -> Result<Dispatch> {
+        let what = || format!("sparse GEMV `{}`", self.name);
+        if x.len() < self.cols {
+            return Err(GpuError::invalid(
+                what(),
+                format!(
+                    "input `{}` has {} values, needs {}",
+                    x.buffer().name(),
+                    x.len(),
+                    self.cols
+                ),
+            ));
+        }
+        if y.len() < self.rows {
+            return Err(GpuError::invalid(
+                what(),
+                format!(
+                    "output `{}` has {} values, needs {}",
+                    y.buffer().name(),
+                    y.len(),
+                    self.rows
+                ),
+            ));
+        }
+        if x.buffer().raw() == y.buffer().raw() {
+            return Err(GpuError::invalid(
+                what(),
+                format!(
+                    "input and output are the same buffer `{}`",
+                    x.buffer().name()
+                ),
+            ));
+        }
+        let s = &self.scratch;
+        let (out, compact) = match &s.split {
+            Some(split) => (&split.partials, &split.lists),
+            None => (y.buffer(), &s.active),
+        };
+        let mut buffers = vec![
+            &s.params,
+            tau.buffer(),
+            &*self.weights,
+            x.buffer(),
+            out,
+            compact,
+            &s.counts,
+        ];
+        if let Some(scales) = &self.scales {
+            buffers.push(scales);
+        }
+        let mut dispatch = Dispatch::new();
+        let bind_group = self.pipeline.bind(ctx, &buffers)?;
+        dispatch.push(
+            Arc::clone(&self.pipeline),
+            bind_group,
+            Workgroups::Direct([self.plan.row_tiles, self.plan.chunks, 1]),
+        );
+        if let Some(split) = &s.split {
+            let bind_group = split.pipeline.bind(
+                ctx,
+                &[
+                    &split.params,
+                    &split.partials,
+                    &split.lists,
+                    y.buffer(),
+                    &s.active,
+                    &s.counts,
+                ],
+            )?;
+            let groups = (self.rows.div_ceil(self.plan.wg as usize) as u32).max(self.plan.chunks);
+            let grid = ctx.grid_1d(&what(), groups)?;
+            dispatch.push(
+                Arc::clone(&split.pipeline),
+                bind_group,
+                Workgroups::Direct(grid),
+            );
+        }
+        Ok(dispatch)
+    }
+
+    /// Binds, records and submits without waiting.
+    pub fn run(&self, ctx: &GpuContext, x: &GpuVector, tau: f32, y: &GpuVector) -> Result<()> {
+        let dispatch = self.bind(ctx, x, tau, y)?;
+        ctx.submit(&[&dispatch])?;
+        Ok(())
+    }
+
+    /// The compacted list of the last run: `cols` slots of (index, x bits)
+    /// as two u32, the first `count` of them valid, in increasing index.
+    pub fn active_buffer(&self) -> &GpuBuffer {
+        &self.scratch.active
+    }
+
+    /// The last run's active count at byte 0, followed by 1 and 1: bound as
+    /// [`Workgroups::Indirect`] at offset 0 it dispatches one workgroup per
+    /// active input. (Per-chunk counts follow from byte 16.)
+    pub fn counts_buffer(&self) -> &GpuBuffer {
+        &self.scratch.counts
+    }
+
+    /// Reads the last run's compacted list back (waits for the GPU).
+    pub fn read_compaction(&self, ctx: &GpuContext) -> Result<Compaction> {
+        let count = self.scratch.counts.read_bytes(ctx, 0, 4)?;
+        let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]) as usize;
+        if count > self.cols {
+            return Err(GpuError::invalid(
+                format!("sparse GEMV `{}`", self.name),
+                format!("the GPU reported {count} active inputs of {}", self.cols),
+            ));
+        }
+        let bytes = self.scratch.active.read_bytes(ctx, 0, count as u64 * 8)?;
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+        Ok(Compaction {
+            indices: words.iter().step_by(2).copied().collect(),
+            values: words
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .map(|&b| f32::from_bits(b))
+                .collect(),
+        })
+    }
+
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Output length.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input length.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Storage type of the weights.
+    pub fn dtype(&self) -> SparseDType {
+        self.dtype
+    }
+
+    /// The work split asked for.
+    pub fn tuning(&self) -> SparseTuning {
+        self.tuning
+    }
+
+    /// Input chunks of the first dispatch (more than one adds the second).
+    pub fn chunks(&self) -> usize {
+        self.plan.chunks as usize
+    }
+
+    /// Inputs per chunk.
+    pub fn chunk_len(&self) -> usize {
+        self.plan.chunk_len as usize
+    }
+
+    /// Workgroups of the first dispatch.
+    pub fn workgroups(&self) -> usize {
+        self.plan.row_tiles as usize * self.plan.chunks as usize
+    }
+
+    /// Bytes of one column as stored: its 16-byte chunks, plus its scales
+    /// and biases (4 bytes a group) for 4-bit.
+    pub fn column_bytes(&self) -> u64 {
+        (self.stride * 16 + self.groups * 4) as u64
+    }
+
+    /// Bytes of weights on the device, padding included.
+    pub fn weight_bytes(&self) -> u64 {
+        self.cols as u64 * self.column_bytes()
+    }
+
+    /// Bytes one call reads from memory with `active` active inputs: their
+    /// columns and x once. Workgroups re-read x and the compacted lists, and
+    /// the second stage reads the partial sums, all from cache (a few
+    /// hundred KB at LLaMA sizes); writes are not counted.
+    pub fn bytes_read(&self, active: usize) -> u64 {
+        active.min(self.cols) as u64 * self.column_bytes() + self.cols as u64 * 4
+    }
+}
+
+fn check_shape(name: &str, rows: usize, cols: usize, len: usize) -> Result<()> {
+    if rows == 0 || cols == 0 || rows.checked_mul(cols) != Some(len) {
+        return Err(GpuError::invalid(
+            format!("sparse GEMV `{name}`"),
+            format!("{len} weights do not make a non-empty {rows}×{cols} matrix"),
+        ));
+    }
+    Ok(())
+}
+
+/// The column stride in 16-byte chunks, after checking that every index
+/// the kernels compute fits in u32.
+fn check_layout(name: &str, rows: usize, cols: usize, dtype: SparseDType) -> Result<usize> {
+    let stride = rows.div_ceil(dtype.rows_per_chunk());
+    let groups = match dtype {
+        SparseDType::F16 => 0,
+        SparseDType::Affine4 { group } => {
+            if !membound_sparse::AFFINE4_GROUP_SIZES.contains(&group) {
+                return Err(GpuError::invalid(
+                    format!("sparse GEMV `{name}`"),
+                    format!("group {group} is not one of 32, 64, 128"),
+                ));
+            }
+            rows.div_ceil(group)
+        }
+    };
+    let fits = |n: Option<usize>| n.is_some_and(|n| u32::try_from(n).is_ok());
+    if !fits(Some(rows)) || !fits(cols.checked_mul(stride)) || !fits(cols.checked_mul(groups)) {
+        return Err(GpuError::invalid(
+            format!("sparse GEMV `{name}`"),
+            format!("{rows}×{cols} exceeds the kernel's u32 indexing"),
+        ));
+    }
+    Ok(stride)
+}
+
+/// Lays the work out: the workgroup size, the row tile (threads per
+/// column), and the input chunks that bring the grid to the target size.
+fn plan(
+    ctx: &GpuContext,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    tuning: SparseTuning,
+) -> Result<Plan> {
+    let what = || format!("sparse GEMV `{name}`");
+    let tpc = tuning.threads_per_column;
+    if !tpc.is_power_of_two() || tuning.target_workgroups == 0 {
+        return Err(GpuError::invalid(
+            what(),
+            format!("tuning {tuning:?}: threads per column must be a power of two and the target positive"),
+        ));
+    }
+    let l = ctx.limits();
+    let wg = MAX_WG
+        .min(l.max_compute_invocations_per_workgroup)
+        .min(l.max_compute_workgroup_size_x)
+        .max(1);
+    let wg = 1 << wg.ilog2();
+    // Workgroup memory: the list (8 bytes an entry), two vec4 a thread for
+    // the reduction, one u32 a thread for the scan.
+    let fixed = wg * 36;
+    let lmax = (l.max_compute_workgroup_storage_size.saturating_sub(fixed) / 8)
+        .min(MAX_CHUNK as u32)
+        / 4
+        * 4;
+    if lmax < 4 {
+        return Err(GpuError::invalid(
+            what(),
+            format!(
+                "the device's {} bytes of workgroup memory are too few",
+                l.max_compute_workgroup_storage_size
+            ),
+        ));
+    }
+    let tpc = tpc.min(wg).min(stride.next_power_of_two() as u32);
+    let row_tiles = stride.div_ceil(tpc as usize);
+    let wanted = (tuning.target_workgroups as usize).div_ceil(row_tiles).max(1);
+    let chunk_len = cols
+        .div_ceil(wanted)
+        .next_multiple_of(4)
+        .max(MIN_CHUNK)
+        .min(lmax as usize);
+    let chunks = cols.div_ceil(chunk_len);
+    let max = l.max_compute_workgroups_per_dimension as usize;
+    if row_tiles > max || chunks > max || chunks.saturating_mul(rows) > u32::MAX as usize {
+        return Err(GpuError::invalid(
+            what(),
+            format!("{row_tiles}×{chunks} workgroups exceed the device's grid or u32 indexing"),
+        ));
+    }
+    Ok(Plan {
+        wg,
+        tpc,
+        lmax,
+        row_tiles: row_tiles as u32,
+        chunk_len: chunk_len as u32,
+        chunks: chunks as u32,
+    })
+}
+
+/// What [`prepare`] needs to know of a matrix.
+struct Shape<'a> {
+    name: &'a str,
+    rows: usize,
+    cols: usize,
+    dtype: SparseDType,
+    stride: usize,
+    groups: usize,
+}
+
+/// The plan, first-stage pipeline and scratch buffers of `shape` under
+/// `tuning`.
+fn prepare(
+    ctx: &GpuContext,
+    shape: &Shape<'_>,
+    tuning: SparseTuning,
+) -> Result<(Plan, Arc<Pipeline>, Scratch)> {
+    let Shape {
+        name,
+        rows,
+        cols,
+        dtype,
+        stride,
+        groups,
+    } = *shape;
+    let plan = plan(ctx, name, rows, cols, stride, tuning)?;
+    let pipeline = gemv_pipeline(ctx, dtype, plan.wg, plan.tpc, plan.lmax)?;
+    let group_shift = match dtype {
+        SparseDType::F16 => 0,
+        SparseDType::Affine4 { group } => (group / 32).ilog2(),
+    };
+    let params = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        stride: stride as u32,
+        chunk_len: plan.chunk_len,
+        chunks: plan.chunks,
+        groups: groups as u32,
+        group_shift,
+        pad: 0,
+    };
+    let params = GpuBuffer::from_bytes(
+        ctx,
+        &format!("{name} params"),
+        bytemuck::bytes_of(&params),
+        wgpu::BufferUsages::UNIFORM,
+    )?;
+    let active_name = format!("{name} active inputs");
+    let active = GpuBuffer::new(
+        ctx,
+        &active_name,
+        cols as u64 * 8,
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    )?;
+    check_binding_size(ctx, &active_name, active.size())?;
+    let counts = GpuBuffer::new(
+        ctx,
+        &format!("{name} active counts"),
+        (COUNTS_HEADER + plan.chunks as usize) as u64 * 4,
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT | wgpu::BufferUsages::COPY_SRC,
+    )?;
+    let split = if plan.chunks > 1 {
+        let partials_name = format!("{name} partial sums");
+        let partials = GpuBuffer::new(
+            ctx,
+            &partials_name,
+            u64::from(plan.chunks) * rows as u64 * 4,
+            wgpu::BufferUsages::STORAGE,
+        )?;
+        check_binding_size(ctx, &partials_name, partials.size())?;
+        let lists_name = format!("{name} chunk lists");
+        let lists = GpuBuffer::new(
+            ctx,
+            &lists_name,
+            u64::from(plan.chunks) * u64::from(plan.chunk_len) * 8,
+            wgpu::BufferUsages::STORAGE,
+        )?;
+        check_binding_size(ctx, &lists_name, lists.size())?;
+        let reduce = [rows as u32, plan.chunks, plan.chunk_len, 0];
+        let params = GpuBuffer::from_bytes(
+            ctx,
+            &format!("{name} reduce params"),
+            bytemuck::bytes_of(&reduce),
+            wgpu::BufferUsages::UNIFORM,
+        )?;
+        let pipeline = ctx.pipeline(&PipelineSpec {
+            shader: SPARSE_REDUCE,
+            entry: "sparse_reduce",
+            constants: &[("WG", f64::from(plan.wg))],
+            bindings: REDUCE_BINDINGS,
+        })?;
+        Some(Split {
+            partials,
+            lists,
+            params,
+            pipeline,
+        })
+    } else {
+        None
+    };
+    let scratch = Scratch {
+        params,
+        active,
+        counts,
+        split,
+    };
+    Ok((plan, pipeline, scratch))
+}
+
+fn gemv_pipeline(
+    ctx: &GpuContext,
+    dtype: SparseDType,
+    wg: u32,
+    tpc: u32,
+    lmax: u32,
+) -> Result<Arc<Pipeline>> {
+    let subgroups = ctx.features().subgroups;
+    let (entry, bindings) = match (dtype, subgroups) {
+        (SparseDType::F16, false) => ("sparse_f16", GEMV_BINDINGS_F16),
+        (SparseDType::F16, true) => ("sparse_f16_subgroup", GEMV_BINDINGS_F16),
+        (SparseDType::Affine4 { .. }, false) => ("sparse_affine4", GEMV_BINDINGS_AFFINE),
+        (SparseDType::Affine4 { .. }, true) => {
+            ("sparse_affine4_subgroup", GEMV_BINDINGS_AFFINE)
+        }
+    };
+    ctx.pipeline(&PipelineSpec {
+        shader: SPARSE_GEMV,
+        entry,
+        constants: &[
+            ("WG", f64::from(wg)),
+            ("TPC", f64::from(tpc)),
+            ("LMAX", f64::from(lmax)),
+        ],
+        bindings,
+    })
+}
+
