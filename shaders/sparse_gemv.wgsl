@@ -3,27 +3,32 @@
 // |x[j]| > tau (tau = 0: the exact-zero test).
 //
 // Layout (prepared by membound-gpu's `SparseGemv`): W is stored column-major
-// (Wt row-major), each column padded to 16-byte chunks, `stride` chunks a
-// column, so an active column is one contiguous read:
-//   - f16: a chunk holds 8 consecutive outputs as packed f16 pairs;
-//   - 4-bit affine: a chunk holds 32 consecutive outputs as MLX-packed codes
-//     (LSB first), and `scales[j * groups + g]` holds group g's f16 scale (low
-//     half) and bias (high half); groups run along the outputs and hold
-//     32 << group_shift of them, so a chunk lies in one group.
+// (Wt row-major), `stride` units a column, so an active column is one
+// contiguous read. A unit holds 8 consecutive outputs:
+//   - f16: 16 bytes, packed f16 pairs (`weights`), columns padded to whole
+//     units;
+//   - 4-bit affine: one u32 of MLX-packed codes, LSB first (`codes`): the
+//     codec's `weight` part of Wt as it is; `scales[j * groups + g]` holds
+//     group g's f16 scale (low half) and bias (high half). Groups run along
+//     the outputs, 8 << group_shift of them, so a unit lies in one group.
 //
-// Grid: workgroup (t, c) owns the outputs of row tile t (TPC chunks of every
-// column) and the inputs of K-chunk c (`chunk_len` consecutive inputs):
-//   1. mask + compaction: it tests its chunk of x and compacts the active
-//      inputs, in increasing order, into workgroup memory as (index, x bits)
-//      with an ordered prefix sum (deterministic, no atomics); tile 0 also
-//      writes them to `compact` at offset c * chunk_len and their count to
-//      counts[4 + c];
+// Grid: workgroup (t, c) owns the outputs of row tile t (TPC units of every
+// column, 8 * TPC outputs) and the inputs of K-chunk c (`chunk_len`
+// consecutive inputs), which it takes in segments of LMAX = 4 * WG:
+//   1. mask + compaction: it tests the segment's inputs (four per thread)
+//      and compacts the active ones, in increasing order, into workgroup
+//      memory as (index, x bits) with an ordered prefix sum (deterministic,
+//      no atomics); tile 0 also writes them to `compact` after the chunk's
+//      earlier segments, from offset c * chunk_len, and the chunk's count
+//      to counts[4 + c]. The next segment's x is loaded before this one is
+//      streamed, so its latency hides under the stream;
 //   2. mat-vec: its threads form WG / TPC column lanes of TPC threads; the
-//      TPC threads of a lane read consecutive 16-byte chunks of one active
-//      column (coalesced, 128-256 contiguous bytes), and the lanes take the
-//      compacted list round-robin, four columns in flight per thread;
-//   3. the lanes' sums are added in workgroup memory, in a fixed order, and
-//      written to `out[c * rows + row]`.
+//      TPC threads of a lane read consecutive units of one active column
+//      (coalesced, TPC contiguous units), and the lanes take the compacted
+//      list round-robin, eight columns in flight per thread;
+//   3. at the end the lanes' sums of each thread's 8 outputs are added in
+//      workgroup memory along a fixed tree and written to
+//      `out[c * rows + row]`.
 // With one K-chunk, `out` is y itself and `compact` the final list
 // (counts[0..3] = count, 1, 1: an indirect-dispatch triple); with several,
 // `out` holds per-chunk partial sums that sparse_reduce.wgsl adds up in a
@@ -44,33 +49,37 @@ struct Params {
     rows: u32,
     // Inputs (columns of W).
     cols: u32,
-    // 16-byte chunks per column.
+    // Units from one column to the next.
     stride: u32,
-    // Inputs per K-chunk (a multiple of 4, at most LMAX).
+    // Units holding a column's outputs: ceil(rows / 8).
+    units: u32,
+    // Inputs per K-chunk (a multiple of 4).
     chunk_len: u32,
     // Number of K-chunks (the grid's y size).
     chunks: u32,
     // 4-bit affine: scale groups per column.
     groups: u32,
-    // 4-bit affine: log2(group size / 32).
+    // 4-bit affine: log2(group size / 8).
     group_shift: u32,
-    _pad: u32,
 }
 
 // Threads per workgroup, a power of two.
 override WG: u32 = 256u;
 // Threads per column (a power of two dividing WG): the row tile is TPC
-// chunks, 8 * TPC outputs in f16 or 32 * TPC in 4-bit.
+// units, 8 * TPC outputs.
 override TPC: u32 = 16u;
-// Capacity of the compacted list: the largest chunk_len.
-override LMAX: u32 = 2048u;
-// Two vec4 of partial sums per thread.
-override RED: u32 = 2u * WG;
+// Inputs per segment: one scan round of four inputs per thread. The list
+// of a segment's active inputs (8 bytes each) and, at the end, the lanes'
+// partial sums (two vec4 per thread) share one workgroup array of this many
+// 8-byte slots, which keeps workgroup memory at 9 KB for 256 threads.
+override LMAX: u32 = 4u * WG;
 
 @group(0) @binding(0) var<uniform> params: Params;
 // x: the magnitude bits of tau.
 @group(0) @binding(1) var<uniform> tau: vec4<u32>;
 @group(0) @binding(2) var<storage, read> weights: array<vec4<u32>>;
+// The same binding for 4-bit entry points.
+@group(0) @binding(2) var<storage, read> codes: array<u32>;
 // The f32 input, read as bits; valid up to `cols`, allocated to a multiple of 4.
 @group(0) @binding(3) var<storage, read> x: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
@@ -79,8 +88,17 @@ override RED: u32 = 2u * WG;
 @group(0) @binding(7) var<storage, read> scales: array<u32>;
 
 var<workgroup> list: array<vec2<u32>, LMAX>;
-var<workgroup> red: array<vec4<f32>, RED>;
 var<workgroup> scan: array<u32, WG>;
+
+// The reduction's vec4 number i, kept in list slots 2i and 2i + 1.
+fn red_store(i: u32, v: vec4<f32>) {
+    list[2u * i] = bitcast<vec2<u32>>(v.xy);
+    list[2u * i + 1u] = bitcast<vec2<u32>>(v.zw);
+}
+
+fn red_load(i: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec2<f32>>(list[2u * i]), bitcast<vec2<f32>>(list[2u * i + 1u]));
+}
 
 // Four consecutive inputs: their bits and which are active.
 struct Quad {
@@ -155,56 +173,58 @@ fn scan_subgroup(v: u32, sg_lane: u32, sg_id: u32, sg_count: u32) -> vec2<u32> {
     return vec2<u32>(before + within, total);
 }
 
-// Compacts the active inputs of k0..k1 into `list`; returns their count.
-fn compact_tree(lid: u32, k0: u32, k1: u32) -> u32 {
-    var n = 0u;
-    for (var base = k0; base < k1; base += 4u * WG) {
-        let i = base + 4u * lid;
-        let q = load_quad(i, k1);
-        let s = scan_tree(lid, quad_count(q));
-        store_quad(n + s.x, i, q);
-        n += s.y;
-    }
+// Compacts a segment's active inputs into `list` given this thread's quad
+// (slot `lid`, input i); returns their count.
+fn compact_tree(lid: u32, i: u32, q: Quad) -> u32 {
+    let s = scan_tree(lid, quad_count(q));
+    store_quad(s.x, i, q);
     workgroupBarrier();
-    return n;
+    return s.y;
 }
 
-fn compact_subgroup(k0: u32, k1: u32, sg_lane: u32, sg_id: u32, sg_size: u32, sg_count: u32) -> u32 {
-    let slot = sg_id * sg_size + sg_lane;
-    var n = 0u;
-    for (var base = k0; base < k1; base += 4u * WG) {
-        let i = base + 4u * slot;
-        let q = load_quad(i, k1);
-        let s = scan_subgroup(quad_count(q), sg_lane, sg_id, sg_count);
-        store_quad(n + s.x, i, q);
-        n += s.y;
-    }
+fn compact_subgroup(i: u32, q: Quad, sg_lane: u32, sg_id: u32, sg_count: u32) -> u32 {
+    let s = scan_subgroup(quad_count(q), sg_lane, sg_id, sg_count);
+    store_quad(s.x, i, q);
     workgroupBarrier();
-    return n;
+    return s.y;
 }
 
-// Row tile 0 publishes the chunk's list and count.
-fn write_compaction(lid: u32, tile: u32, chunk: u32, k0: u32, n: u32) {
+// Row tile 0 publishes a segment's n entries at `at` in `compact`.
+fn publish(lid: u32, tile: u32, at: u32, n: u32) {
     if tile != 0u {
         return;
     }
     for (var p = lid; p < n; p += WG) {
-        compact[k0 + p] = list[p];
-    }
-    if lid == 0u {
-        counts[4u + chunk] = n;
-        if params.chunks == 1u {
-            counts[0] = n;
-            counts[1] = 1u;
-            counts[2] = 1u;
-        }
+        compact[at + p] = list[p];
     }
 }
 
-// This thread's chunk of the row tile, clamped to the last chunk so that
+// Row tile 0 publishes the chunk's count (and, with one chunk, the total
+// and the rest of the indirect-dispatch triple).
+fn publish_count(lid: u32, tile: u32, chunk: u32, n: u32) {
+    if tile != 0u || lid != 0u {
+        return;
+    }
+    counts[4u + chunk] = n;
+    if params.chunks == 1u {
+        counts[0] = n;
+        counts[1] = 1u;
+        counts[2] = 1u;
+    }
+}
+
+// This thread's unit of the row tile, clamped to the last unit so that
 // threads past the end read valid memory (their sums are never written).
-fn row_chunk(lid: u32, tile: u32) -> u32 {
-    return min(tile * TPC + lid % TPC, params.stride - 1u);
+fn row_unit(lid: u32, tile: u32) -> u32 {
+    return min(tile * TPC + lid % TPC, params.units - 1u);
+}
+
+// The list entry at p, or past the end (p >= n > 0) the last one with x = 0:
+// a duplicate read served by cache that adds nothing. It lets the loops
+// issue all their loads per iteration with no serial remainder.
+fn entry(p: u32, n: u32) -> vec2<u32> {
+    let e = list[min(p, n - 1u)];
+    return select(vec2<u32>(e.x, 0u), e, p < n);
 }
 
 struct Acc8 {
@@ -212,52 +232,48 @@ struct Acc8 {
     b: vec4<f32>,
 }
 
-fn add_f16(acc: ptr<function, Acc8>, w: vec4<u32>, e: vec2<u32>) {
+fn add_f16(acc: Acc8, w: vec4<u32>, e: vec2<u32>) -> Acc8 {
     let v = vec4<f32>(bitcast<f32>(e.y));
-    (*acc).a = fma(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), v, (*acc).a);
-    (*acc).b = fma(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)), v, (*acc).b);
+    return Acc8(
+        fma(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), v, acc.a),
+        fma(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)), v, acc.b),
+    );
 }
 
-// The list entry at p, or past the end (p >= n > 0) the last one with x = 0:
-// a duplicate read served by cache that adds nothing. It lets the loops
-// issue four loads per iteration with no serial remainder.
-fn entry(p: u32, n: u32) -> vec2<u32> {
-    let e = list[min(p, n - 1u)];
-    return select(vec2<u32>(e.x, 0u), e, p < n);
-}
-
-// Sums of this thread's 8 outputs over its lane's share of the list.
-fn stream_f16(lid: u32, tile: u32, n: u32) -> Acc8 {
+// Adds this thread's 8 outputs times the first n list entries of its lane,
+// eight 16-byte loads in flight per thread (as the dense kernel).
+fn stream_f16(acc_in: Acc8, lid: u32, tile: u32, n: u32) -> Acc8 {
     let lanes = WG / TPC;
-    let rc = row_chunk(lid, tile);
+    let rc = row_unit(lid, tile);
     let stride = params.stride;
-    var acc = Acc8(vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var p = lid / TPC; p < n; p += 4u * lanes) {
+    var acc = acc_in;
+    for (var p = lid / TPC; p < n; p += 8u * lanes) {
         let e0 = entry(p, n);
         let e1 = entry(p + lanes, n);
         let e2 = entry(p + 2u * lanes, n);
         let e3 = entry(p + 3u * lanes, n);
+        let e4 = entry(p + 4u * lanes, n);
+        let e5 = entry(p + 5u * lanes, n);
+        let e6 = entry(p + 6u * lanes, n);
+        let e7 = entry(p + 7u * lanes, n);
         let w0 = weights[e0.x * stride + rc];
         let w1 = weights[e1.x * stride + rc];
         let w2 = weights[e2.x * stride + rc];
         let w3 = weights[e3.x * stride + rc];
-        add_f16(&acc, w0, e0);
-        add_f16(&acc, w1, e1);
-        add_f16(&acc, w2, e2);
-        add_f16(&acc, w3, e3);
+        let w4 = weights[e4.x * stride + rc];
+        let w5 = weights[e5.x * stride + rc];
+        let w6 = weights[e6.x * stride + rc];
+        let w7 = weights[e7.x * stride + rc];
+        acc = add_f16(acc, w0, e0);
+        acc = add_f16(acc, w1, e1);
+        acc = add_f16(acc, w2, e2);
+        acc = add_f16(acc, w3, e3);
+        acc = add_f16(acc, w4, e4);
+        acc = add_f16(acc, w5, e5);
+        acc = add_f16(acc, w6, e6);
+        acc = add_f16(acc, w7, e7);
     }
     return acc;
-}
-
-struct Acc32 {
-    a0: vec4<f32>,
-    a1: vec4<f32>,
-    a2: vec4<f32>,
-    a3: vec4<f32>,
-    a4: vec4<f32>,
-    a5: vec4<f32>,
-    a6: vec4<f32>,
-    a7: vec4<f32>,
 }
 
 // The four codes in the low 16 bits of `bits`, each times its place value
@@ -274,90 +290,98 @@ fn nibbles(bits: u32) -> vec4<f32> {
 // f16's 11; scaling by a power of two is exact), so the fma rounds once,
 // exactly like the CPU decode `code * scale + bias`: the weights equal
 // membound-codec's decoded ones bit for bit.
-fn add_affine4(acc: ptr<function, Acc32>, w: vec4<u32>, sb: u32, e: vec2<u32>) {
+fn add_affine4(acc: Acc8, word: u32, sb: u32, e: vec2<u32>) -> Acc8 {
     let f = unpack2x16float(sb);
     // scale · 16^-k, k = 0..3.
     let s = vec4<f32>(f.x) * vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
     let b = vec4<f32>(f.y);
     let v = vec4<f32>(bitcast<f32>(e.y));
-    (*acc).a0 = fma(fma(nibbles(w.x), s, b), v, (*acc).a0);
-    (*acc).a1 = fma(fma(nibbles(w.x >> 16u), s, b), v, (*acc).a1);
-    (*acc).a2 = fma(fma(nibbles(w.y), s, b), v, (*acc).a2);
-    (*acc).a3 = fma(fma(nibbles(w.y >> 16u), s, b), v, (*acc).a3);
-    (*acc).a4 = fma(fma(nibbles(w.z), s, b), v, (*acc).a4);
-    (*acc).a5 = fma(fma(nibbles(w.z >> 16u), s, b), v, (*acc).a5);
-    (*acc).a6 = fma(fma(nibbles(w.w), s, b), v, (*acc).a6);
-    (*acc).a7 = fma(fma(nibbles(w.w >> 16u), s, b), v, (*acc).a7);
+    return Acc8(
+        fma(fma(nibbles(word), s, b), v, acc.a),
+        fma(fma(nibbles(word >> 16u), s, b), v, acc.b),
+    );
 }
 
-// Sums of this thread's 32 outputs over its lane's share of the list.
-fn stream_affine4(lid: u32, tile: u32, n: u32) -> Acc32 {
+// Adds this thread's 8 outputs times the first n list entries of its lane,
+// eight code words and their scales in flight per thread.
+fn stream_affine4(acc_in: Acc8, lid: u32, tile: u32, n: u32) -> Acc8 {
     let lanes = WG / TPC;
-    let rc = row_chunk(lid, tile);
+    let rc = row_unit(lid, tile);
     let stride = params.stride;
     let groups = params.groups;
     let g = rc >> params.group_shift;
-    let z = vec4<f32>(0.0);
-    var acc = Acc32(z, z, z, z, z, z, z, z);
-    for (var p = lid / TPC; p < n; p += 4u * lanes) {
+    var acc = acc_in;
+    for (var p = lid / TPC; p < n; p += 8u * lanes) {
         let e0 = entry(p, n);
         let e1 = entry(p + lanes, n);
         let e2 = entry(p + 2u * lanes, n);
         let e3 = entry(p + 3u * lanes, n);
-        let w0 = weights[e0.x * stride + rc];
-        let w1 = weights[e1.x * stride + rc];
-        let w2 = weights[e2.x * stride + rc];
-        let w3 = weights[e3.x * stride + rc];
+        let e4 = entry(p + 4u * lanes, n);
+        let e5 = entry(p + 5u * lanes, n);
+        let e6 = entry(p + 6u * lanes, n);
+        let e7 = entry(p + 7u * lanes, n);
+        let w0 = codes[e0.x * stride + rc];
+        let w1 = codes[e1.x * stride + rc];
+        let w2 = codes[e2.x * stride + rc];
+        let w3 = codes[e3.x * stride + rc];
+        let w4 = codes[e4.x * stride + rc];
+        let w5 = codes[e5.x * stride + rc];
+        let w6 = codes[e6.x * stride + rc];
+        let w7 = codes[e7.x * stride + rc];
         let s0 = scales[e0.x * groups + g];
         let s1 = scales[e1.x * groups + g];
         let s2 = scales[e2.x * groups + g];
         let s3 = scales[e3.x * groups + g];
-        add_affine4(&acc, w0, s0, e0);
-        add_affine4(&acc, w1, s1, e1);
-        add_affine4(&acc, w2, s2, e2);
-        add_affine4(&acc, w3, s3, e3);
+        let s4 = scales[e4.x * groups + g];
+        let s5 = scales[e5.x * groups + g];
+        let s6 = scales[e6.x * groups + g];
+        let s7 = scales[e7.x * groups + g];
+        acc = add_affine4(acc, w0, s0, e0);
+        acc = add_affine4(acc, w1, s1, e1);
+        acc = add_affine4(acc, w2, s2, e2);
+        acc = add_affine4(acc, w3, s3, e3);
+        acc = add_affine4(acc, w4, s4, e4);
+        acc = add_affine4(acc, w5, s5, e5);
+        acc = add_affine4(acc, w6, s6, e6);
+        acc = add_affine4(acc, w7, s7, e7);
     }
     return acc;
 }
 
-// Adds the lanes' sums of 8 outputs per thread (outputs `offset` .. offset + 8
-// of each thread's chunk, `per_chunk` outputs a chunk) in lane order and
-// writes them to out[chunk * rows + row]. Call from uniform control flow.
-fn reduce_store(lid: u32, tile: u32, chunk: u32, per_chunk: u32, offset: u32, a: vec4<f32>, b: vec4<f32>) {
-    let lanes = WG / TPC;
-    red[2u * lid] = a;
-    red[2u * lid + 1u] = b;
+// Adds up the lanes' sums of each thread's 8 outputs along a fixed tree,
+// every thread taking part, and writes them to out[chunk * rows + row].
+// Call from uniform control flow, once the list is no longer read (the sums
+// reuse its memory).
+fn store(lid: u32, wid: vec3<u32>, acc: Acc8) {
+    let lane = lid / TPC;
+    red_store(2u * lid, acc.a);
+    red_store(2u * lid + 1u, acc.b);
     workgroupBarrier();
-    if lid < 2u * TPC {
-        var sum = vec4<f32>(0.0);
-        for (var l = 0u; l < lanes; l++) {
-            sum += red[l * 2u * TPC + lid];
+    for (var h = WG / TPC / 2u; h > 0u; h >>= 1u) {
+        if lane < h {
+            let o = 2u * (lid + h * TPC);
+            red_store(2u * lid, red_load(2u * lid) + red_load(o));
+            red_store(2u * lid + 1u, red_load(2u * lid + 1u) + red_load(o + 1u));
         }
-        let row = (tile * TPC + lid / 2u) * per_chunk + offset + 4u * (lid % 2u);
-        let base = chunk * params.rows;
+        workgroupBarrier();
+    }
+    if lid < TPC {
+        let sa = red_load(2u * lid);
+        let sb = red_load(2u * lid + 1u);
+        let row = (wid.x * TPC + lid) * 8u;
+        let base = wid.y * params.rows;
         for (var k = 0u; k < 4u; k++) {
             if row + k < params.rows {
-                out[base + row + k] = sum[k];
+                out[base + row + k] = sa[k];
+            }
+            if row + 4u + k < params.rows {
+                out[base + row + 4u + k] = sb[k];
             }
         }
     }
-    workgroupBarrier();
 }
 
-fn finish_f16(lid: u32, wid: vec3<u32>, k0: u32, n: u32) {
-    write_compaction(lid, wid.x, wid.y, k0, n);
-    let acc = stream_f16(lid, wid.x, n);
-    reduce_store(lid, wid.x, wid.y, 8u, 0u, acc.a, acc.b);
-}
-
-fn finish_affine4(lid: u32, wid: vec3<u32>, k0: u32, n: u32) {
-    write_compaction(lid, wid.x, wid.y, k0, n);
-    let acc = stream_affine4(lid, wid.x, n);
-    reduce_store(lid, wid.x, wid.y, 32u, 0u, acc.a0, acc.a1);
-    reduce_store(lid, wid.x, wid.y, 32u, 8u, acc.a2, acc.a3);
-    reduce_store(lid, wid.x, wid.y, 32u, 16u, acc.a4, acc.a5);
-    reduce_store(lid, wid.x, wid.y, 32u, 24u, acc.a6, acc.a7);
-}
+// The entry points differ only in the scan and the stream.
 
 fn chunk_start(wid: vec3<u32>) -> u32 {
     return wid.y * params.chunk_len;
@@ -367,13 +391,30 @@ fn chunk_end(wid: vec3<u32>) -> u32 {
     return min(chunk_start(wid) + params.chunk_len, params.cols);
 }
 
+fn zero8() -> Acc8 {
+    return Acc8(vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
 @compute @workgroup_size(WG)
 fn sparse_f16(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     let k0 = chunk_start(wid);
-    finish_f16(lid, wid, k0, compact_tree(lid, k0, chunk_end(wid)));
+    let k1 = chunk_end(wid);
+    var acc = zero8();
+    var total = 0u;
+    var q = load_quad(k0 + 4u * lid, k1);
+    for (var s = k0; s < k1; s += LMAX) {
+        let n = compact_tree(lid, s + 4u * lid, q);
+        q = load_quad(s + LMAX + 4u * lid, k1);
+        publish(lid, wid.x, k0 + total, n);
+        acc = stream_f16(acc, lid, wid.x, n);
+        total += n;
+        workgroupBarrier();
+    }
+    publish_count(lid, wid.x, wid.y, total);
+    store(lid, wid, acc);
 }
 
 @compute @workgroup_size(WG)
@@ -382,7 +423,20 @@ fn sparse_affine4(
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     let k0 = chunk_start(wid);
-    finish_affine4(lid, wid, k0, compact_tree(lid, k0, chunk_end(wid)));
+    let k1 = chunk_end(wid);
+    var acc = zero8();
+    var total = 0u;
+    var q = load_quad(k0 + 4u * lid, k1);
+    for (var s = k0; s < k1; s += LMAX) {
+        let n = compact_tree(lid, s + 4u * lid, q);
+        q = load_quad(s + LMAX + 4u * lid, k1);
+        publish(lid, wid.x, k0 + total, n);
+        acc = stream_affine4(acc, lid, wid.x, n);
+        total += n;
+        workgroupBarrier();
+    }
+    publish_count(lid, wid.x, wid.y, total);
+    store(lid, wid, acc);
 }
 
 @compute @workgroup_size(WG)
@@ -394,9 +448,22 @@ fn sparse_f16_subgroup(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(num_subgroups) sg_count: u32,
 ) {
+    let slot = sg_id * sg_size + sg_lane;
     let k0 = chunk_start(wid);
-    let n = compact_subgroup(k0, chunk_end(wid), sg_lane, sg_id, sg_size, sg_count);
-    finish_f16(lid, wid, k0, n);
+    let k1 = chunk_end(wid);
+    var acc = zero8();
+    var total = 0u;
+    var q = load_quad(k0 + 4u * slot, k1);
+    for (var s = k0; s < k1; s += LMAX) {
+        let n = compact_subgroup(s + 4u * slot, q, sg_lane, sg_id, sg_count);
+        q = load_quad(s + LMAX + 4u * slot, k1);
+        publish(lid, wid.x, k0 + total, n);
+        acc = stream_f16(acc, lid, wid.x, n);
+        total += n;
+        workgroupBarrier();
+    }
+    publish_count(lid, wid.x, wid.y, total);
+    store(lid, wid, acc);
 }
 
 @compute @workgroup_size(WG)
@@ -408,7 +475,20 @@ fn sparse_affine4_subgroup(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(num_subgroups) sg_count: u32,
 ) {
+    let slot = sg_id * sg_size + sg_lane;
     let k0 = chunk_start(wid);
-    let n = compact_subgroup(k0, chunk_end(wid), sg_lane, sg_id, sg_size, sg_count);
-    finish_affine4(lid, wid, k0, n);
+    let k1 = chunk_end(wid);
+    var acc = zero8();
+    var total = 0u;
+    var q = load_quad(k0 + 4u * slot, k1);
+    for (var s = k0; s < k1; s += LMAX) {
+        let n = compact_subgroup(s + 4u * slot, q, sg_lane, sg_id, sg_count);
+        q = load_quad(s + LMAX + 4u * slot, k1);
+        publish(lid, wid.x, k0 + total, n);
+        acc = stream_affine4(acc, lid, wid.x, n);
+        total += n;
+        workgroupBarrier();
+    }
+    publish_count(lid, wid.x, wid.y, total);
+    store(lid, wid, acc);
 }

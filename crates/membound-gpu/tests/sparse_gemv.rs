@@ -118,7 +118,10 @@ fn check_y(got: &[f32], r: &Reference, gemv: &SparseGemv, x: &[f32], active: &[u
     let want = r.sparse_gemv(x, active);
     let n = active.len();
     if n == 0 {
-        assert!(got.iter().all(|&v| v == 0.0), "{what}: all inactive must give 0, got {got:?}");
+        assert!(
+            got.iter().all(|&v| v == 0.0),
+            "{what}: all inactive must give 0, got {got:?}"
+        );
         return;
     }
     let mag = r.magnitudes(got.len(), x, active);
@@ -144,7 +147,11 @@ fn check_compaction(ctx: &GpuContext, gemv: &SparseGemv, x: &[f32], active: &[u3
     assert_eq!(got, want, "{what}: compacted values");
     let counts = gemv.counts_buffer().read_bytes(ctx, 0, 12).unwrap();
     let counts: Vec<u32> = bytemuck::pod_collect_to_vec(&counts);
-    assert_eq!(counts, [active.len() as u32, 1, 1], "{what}: indirect triple");
+    assert_eq!(
+        counts,
+        [active.len() as u32, 1, 1],
+        "{what}: indirect triple"
+    );
 }
 
 fn run(ctx: &GpuContext, gemv: &SparseGemv, x: &[f32], tau: f32) -> Vec<f32> {
@@ -282,7 +289,11 @@ fn integer_values_exactly() {
                 let r = Reference::new(weights, rows, cols, dtype);
                 for j in 0..cols {
                     let col: Vec<f32> = (0..rows).map(|i| weights[i * cols + j]).collect();
-                    assert_eq!(r.column(j), col, "{dtype:?}: integer weights decode exactly");
+                    assert_eq!(
+                        r.column(j),
+                        col,
+                        "{dtype:?}: integer weights decode exactly"
+                    );
                 }
                 let gemv = r.upload(&ctx);
                 let got = run(&ctx, &gemv, &x, 0.0);
@@ -431,14 +442,14 @@ fn bytes_read_counts_active_columns_and_input() {
     };
     let w = vec![0.5; 70 * 10];
     let f16 = SparseGemv::f16(&ctx, "w", 70, 10, &w).unwrap();
-    // 70 outputs pad to 9 chunks of 8 f16 (144 bytes); x is 40 bytes.
+    // 70 outputs pad to 9 units of 8 f16 (144 bytes); x is 40 bytes.
     assert_eq!(f16.column_bytes(), 144);
     assert_eq!(f16.bytes_read(3), 3 * 144 + 40);
     assert_eq!(f16.bytes_read(99), 10 * 144 + 40);
     let q = SparseGemv::affine4(&ctx, "w", 70, 10, &w, 32).unwrap();
-    // 3 chunks of 32 codes (48 bytes) and 3 groups of 32 (12 bytes).
-    assert_eq!(q.column_bytes(), 60);
-    assert_eq!(q.weight_bytes(), 600);
+    // 9 words of 8 codes (36 bytes) and 3 groups of 32 (12 bytes).
+    assert_eq!(q.column_bytes(), 48);
+    assert_eq!(q.weight_bytes(), 480);
     assert_eq!(q.bytes_read(0), 40);
 }
 
@@ -459,18 +470,33 @@ fn bad_inputs_are_clear_errors() {
             assert!(text.contains(w), "{text:?} should mention {w:?}");
         }
     };
-    invalid(SparseGemv::f16(&ctx, "blk.1.ffn_down", 4, 5, &[0.0; 19]).map(drop), &["blk.1.ffn_down", "19"]);
+    invalid(
+        SparseGemv::f16(&ctx, "blk.1.ffn_down", 4, 5, &[0.0; 19]).map(drop),
+        &["blk.1.ffn_down", "19"],
+    );
     invalid(SparseGemv::f16(&ctx, "w", 0, 5, &[]).map(drop), &["0×5"]);
-    invalid(SparseGemv::affine4(&ctx, "w", 4, 5, &[0.0; 20], 48).map(drop), &["48"]);
-    invalid(SparseGemv::affine4(&ctx, "w", 1, 2, &[0.0, f32::NAN], 64).map(drop), &["NaN"]);
+    invalid(
+        SparseGemv::affine4(&ctx, "w", 4, 5, &[0.0; 20], 48).map(drop),
+        &["48"],
+    );
+    invalid(
+        SparseGemv::affine4(&ctx, "w", 1, 2, &[0.0, f32::NAN], 64).map(drop),
+        &["NaN"],
+    );
 
     let gemv = SparseGemv::f16(&ctx, "w", 4, 5, &[1.0; 20]).unwrap();
     let x = GpuVector::zeros(&ctx, "x", 5).unwrap();
     let short_x = GpuVector::zeros(&ctx, "short x", 4).unwrap();
     let y = GpuVector::zeros(&ctx, "y", 4).unwrap();
     let short_y = GpuVector::zeros(&ctx, "short y", 3).unwrap();
-    invalid(gemv.bind(&ctx, &short_x, 0.0, &y).map(drop), &["short x", "4", "5"]);
-    invalid(gemv.bind(&ctx, &x, 0.0, &short_y).map(drop), &["short y", "3", "4"]);
+    invalid(
+        gemv.bind(&ctx, &short_x, 0.0, &y).map(drop),
+        &["short x", "4", "5"],
+    );
+    invalid(
+        gemv.bind(&ctx, &x, 0.0, &short_y).map(drop),
+        &["short y", "3", "4"],
+    );
     let square = SparseGemv::f16(&ctx, "sq", 5, 5, &[1.0; 25]).unwrap();
     invalid(square.bind(&ctx, &x, 0.0, &x).map(drop), &["same buffer"]);
     invalid(gemv.bind(&ctx, &x, f32::NAN, &y).map(drop), &["NaN"]);

@@ -33,9 +33,7 @@ impl ColMajorAffine4 {
     /// Encodes row-major `w` (`rows × cols`, finite, within f16's range)
     /// column by column with groups of `group` outputs (32, 64 or 128).
     pub fn from_row_major(w: &[f32], rows: usize, cols: usize, group: usize) -> Result<Self> {
-        let size = rows
-            .checked_mul(cols)
-            .ok_or_else(|| Error::Invalid(format!("{rows}×{cols} is too large")))?;
+        let size = rows.checked_mul(cols).ok_or_else(|| Error::Invalid(format!("{rows}×{cols} is too large")))?;
         check_len("weights", size, w.len())?;
         let codec = codec(group)?;
         let mut wt = vec![0f32; size];
@@ -115,9 +113,7 @@ impl ColMajorAffine4 {
 
 fn codec(group: usize) -> Result<AffineCodec> {
     if !AFFINE4_GROUP_SIZES.contains(&group) {
-        return Err(Error::Invalid(format!(
-            "4-bit affine group {group} is not one of {AFFINE4_GROUP_SIZES:?}"
-        )));
+        return Err(Error::Invalid(format!("4-bit affine group {group} is not one of {AFFINE4_GROUP_SIZES:?}")));
     }
     AffineCodec::new(4, Group::Size(group), ScaleDType::F16).map_err(codec_error)
 }
