@@ -93,9 +93,10 @@ struct SyntheticArgs {
 /// MODEL is a file (GGUF, safetensors, llama2.c) or a name: smollm2, minilm,
 /// llama2xs-280K, babyllama105. GGUF block weights are dequantized first, so
 /// SmolLM2 (Q4_1, embedding Q8_0) is studied as the 4-bit weights it stores.
-/// Tensors of more than --sample-above weights are studied on --sample-rows
-/// seeded rows (every codec sees the same rows; kurtosis uses all weights);
-/// --full studies every row. Tensors run in parallel.
+/// Tensors of more than --sample-above weights (default 2^25, more than any
+/// tensor of the four default models) are studied on --sample-rows seeded
+/// rows (every codec sees the same rows; kurtosis uses all weights); --full
+/// studies every row. Tensors run in parallel, with a progress bar.
 ///
 /// --plot writes frontier.svg (SQNR against bits/weight per codec, with the
 /// Pareto frontier) and hist_*.svg (the lowest-, median- and
@@ -104,7 +105,7 @@ struct SyntheticArgs {
 /// Examples:
 ///   membound study weights llama2xs-280K
 ///   membound study weights smollm2 --plot plots/ --json smollm2.json
-///   membound study weights smollm2 --full
+///   membound study weights smollm2 --sample-above 1000000   # row-sample the embedding
 ///   membound study weights minilm --only output.dense --codecs poly:degree=3,affine:bits=4,group=row
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
@@ -122,12 +123,12 @@ struct WeightsArgs {
     #[arg(long, value_name = "TEXT")]
     only: Vec<String>,
     /// Row-sample tensors with more weights than this.
-    #[arg(long, default_value_t = 1 << 22, value_name = "N")]
+    #[arg(long, default_value_t = 1 << 25, value_name = "N")]
     sample_above: usize,
     /// Rows kept when sampling.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     sample_rows: usize,
-    /// Study every row of every tensor (no sampling; slower on big embeddings).
+    /// Study every row of every tensor, whatever its size.
     #[arg(long)]
     full: bool,
     /// Seed of the row sample.

@@ -334,7 +334,7 @@ pub fn write(q: &Quantized, input: &Path, output: &Path, force: bool) -> Result<
     Ok(())
 }
 
-/// The checks of [`write`] alone, to fail before the work: `output` must not
+/// The checks of [`write()`] alone, to fail before the work: `output` must not
 /// be `input`, nor a directory, nor exist unless `force`.
 pub fn write_check(input: &Path, output: &Path, force: bool) -> Result<()> {
     if output.exists() {
