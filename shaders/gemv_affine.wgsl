@@ -4,11 +4,12 @@
 // Layout (prepared by membound-gpu's `AffineGemv` from membound-codec's
 // `AffineCodec` encoding): each row is MLX's LSB-first stream of BITS-bit
 // codes (code k at stream bits k*BITS.., stream bit i in bit i%32 of word
-// i/32; 3-bit codes straddle words), padded with zero words to a whole
-// number of chunks. A chunk is what a thread loads from one row at once:
-// one 16-byte vec4 (64, 32 or 16 codes at 2, 4 or 8 bits), or three for
-// 3-bit codes (128 codes). Scale and bias of a group share one u32 (two f16
-// or two bf16, scale in the low half) or take two (f32), per SCALE_KIND.
+// i/32; 3-bit codes straddle words), as the codec packed it, padded with
+// zero words to whole units. A unit is what a thread takes from one row at
+// once: UNIT_WORDS consecutive words (1, 2 or 4; always 3 at 3 bits, 32
+// codes), never straddling a group. Scale and bias of a group share one u32
+// (two f16 or two bf16, scale in the low half) or take two (f32), per
+// SCALE_KIND.
 //
 // Dequantisation is folded per group: sum_k (q*s + b)*x = s*sum_k q*x + b*sum_k x.
 // The codes are turned into floats without an int-to-float conversion
@@ -17,29 +18,35 @@
 // the bits of 2^23, is the f32 2^23 + c*2^o exactly; subtracting 2^23
 // leaves c*2^o exactly, and x[k] is pre-multiplied by 2^-o (exact: a power
 // of two), so the product is the same rounded q*x. Fields reaching bit 23
-// or above are shifted down first, one shift for several fields. Each thread prepares
-// the scaled x and the group sum once per chunk for all the rows it serves.
+// or above are shifted down first, one shift for several fields. Each
+// thread prepares the scaled x and its sum once per unit for all its rows.
 //
-// One workgroup computes ROWS consecutive rows. Its threads stride over the
-// row's chunks together (consecutive threads read consecutive chunks, fully
-// coalesced). Each thread holds one partial sum per row, reduced with
-// subgroupAdd (`*_subgroup` entry point) or a tree in workgroup memory.
-// Values of x past `cols` are masked to zero in the last (partial) chunk,
-// so the padding codes (zero, i.e. weight b) contribute nothing.
+// One workgroup computes ROWS (4 or 8) consecutive rows. Its threads stride
+// over the rows' units together: consecutive threads take consecutive units,
+// so the code words they load are contiguous, and so is the x they need.
+// Small units keep each thread's x short (32 bytes for one 4-bit word, as in
+// the dense kernel): with 128 bytes of x a thread, an H100 took 22 us for a
+// 4096x14336 4-bit GEMV even without any arithmetic.
+// The next unit's code words are loaded before the current unit is
+// computed, to keep memory busy during the arithmetic. Each thread holds one
+// partial sum per row, reduced with subgroupAdd (`*_subgroup` entry point)
+// or a tree in workgroup memory. Values of x past `cols` are masked to zero
+// in the last (partial) unit, so the padding codes (zero, i.e. weight b)
+// contribute nothing.
 
 struct Params {
     // Rows in this block (at least 1).
     rows: u32,
     // Logical row length K.
     cols: u32,
-    // Row stride in vec4<u32>: chunks * (3 if BITS == 3 else 1).
+    // Row stride in u32 words: units * words per unit.
     stride: u32,
     // Index in y of this block's first row.
     row_offset: u32,
-    // Chunks per row, ceil(cols / codes per chunk).
-    chunks: u32,
-    // Chunks holding no column at or past `cols`.
-    full_chunks: u32,
+    // Units per row, ceil(cols / codes per unit).
+    units: u32,
+    // Units holding no column at or past `cols`.
+    full_units: u32,
     // Scale/bias entries per row (at least 1); group indices are clamped to it.
     groups: u32,
     // Distance in entries between two rows' first scale/bias: `groups`, or 0
@@ -47,8 +54,12 @@ struct Params {
     group_stride: u32,
 }
 
-// Threads per workgroup; a power of two.
+// Threads per workgroup; a power of two, at least ROWS.
 override WG: u32 = 128u;
+// Words per unit: 1, 2 or 4 (3 at 3 bits, whatever is given).
+override UNIT_WORDS: u32 = 2u;
+// Rows per workgroup: 4 or 8 (one accumulator lane each).
+override ROWS: u32 = 8u;
 // Code width: 2, 3, 4 or 8.
 override BITS: u32 = 4u;
 // Weights per scale/bias: a multiple of 32 (any such value, e.g. a huge one
@@ -57,48 +68,38 @@ override GROUP: u32 = 64u;
 // Storage of scales and biases: 0 = f16 pair, 1 = bf16 pair, 2 = two f32.
 override SCALE_KIND: u32 = 0u;
 
-// Rows per workgroup: one accumulator lane each.
-const ROWS: u32 = 4u;
 // 2^23 as f32 bits, and as f32.
 const MAGIC_BITS: u32 = 0x4B000000u;
 const MAGIC: f32 = 8388608.0;
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> weights: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> weights: array<u32>;
 @group(0) @binding(2) var<storage, read> scale_bias: array<u32>;
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-var<workgroup> partial: array<vec4<f32>, WG>;
+// Partial sums of rows 0-3 and 4-7 of the workgroup.
+var<workgroup> partial_lo: array<vec4<f32>, WG>;
+var<workgroup> partial_hi: array<vec4<f32>, WG>;
 
-// Codes per part: the run of codes whose x a thread holds at once (32, or
-// the whole 16-code chunk at 8 bits). A part never straddles a group.
-fn part_codes() -> u32 {
-    return select(32u, 16u, BITS == 8u);
+// Words per unit.
+fn unit_words() -> u32 {
+    return select(UNIT_WORDS, 3u, BITS == 3u);
 }
 
-// Parts per chunk.
-fn parts() -> u32 {
-    switch BITS {
-        case 2u: { return 2u; }
-        case 3u: { return 4u; }
-        default: { return 1u; }
-    }
+// Codes per unit.
+fn unit_codes() -> u32 {
+    return unit_words() * 32u / BITS;
 }
 
-// vec4<u32> per chunk.
-fn chunk_vec4() -> u32 {
-    return select(1u, 3u, BITS == 3u);
-}
-
-// The f32 values of code fields masked in place (each below bit 23).
+// The f32 values of code fields masked in place (each ending below bit 23).
 fn fields(v: vec4<u32>) -> vec4<f32> {
     return bitcast<vec4<f32>>(v | vec4<u32>(MAGIC_BITS)) - vec4<f32>(MAGIC);
 }
 
-// x of one part, each value pre-multiplied by 2^-o for its code's field
-// offset o, and the plain sum of the part's x.
-struct XPart {
+// x of one unit, each value pre-multiplied by 2^-o for its code's field
+// offset o (v4..v7 only for 32-code units), and the plain sum of the unit's x.
+struct XUnit {
     v0: vec4<f32>,
     v1: vec4<f32>,
     v2: vec4<f32>,
@@ -110,7 +111,7 @@ struct XPart {
     sum: f32,
 }
 
-// x[4i .. 4i+4]; in the last chunk, entries at or past `cols` are zero and
+// x[4i .. 4i+4]; in the last unit, entries at or past `cols` are zero and
 // the read is kept within the vector's data.
 fn load_x(i: u32, masked: bool) -> vec4<f32> {
     if masked {
@@ -121,7 +122,7 @@ fn load_x(i: u32, masked: bool) -> vec4<f32> {
     return x[i];
 }
 
-// Powers of two for the field offsets of each code of a part, four codes at
+// Powers of two for the field offsets of each code of a unit, four codes at
 // a time (see the `dot*` functions for the offsets).
 const P2_0 = vec4<f32>(1.0, 0.25, 0.0625, 0.015625);
 const P2_1 = vec4<f32>(0.00390625, 0.0009765625, 0.000244140625, 0.00006103515625);
@@ -138,58 +139,68 @@ const P4_0 = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
 const P4_1 = vec4<f32>(0.0000152587890625, 1.0, 0.0625, 0.00390625);
 const P8 = vec4<f32>(1.0, 0.00390625, 1.0, 0.00390625);
 
-// The part of x starting at vec4 index i0.
-fn load_part(i0: u32, masked: bool) -> XPart {
-    var p: XPart;
-    let a0 = load_x(i0, masked);
-    let a1 = load_x(i0 + 1u, masked);
-    let a2 = load_x(i0 + 2u, masked);
-    let a3 = load_x(i0 + 3u, masked);
-    if BITS == 8u {
-        p.sum = dot((a0 + a1) + (a2 + a3), vec4<f32>(1.0));
-        p.v0 = a0 * P8;
-        p.v1 = a1 * P8;
-        p.v2 = a2 * P8;
-        p.v3 = a3 * P8;
-        return p;
-    }
-    let a4 = load_x(i0 + 4u, masked);
-    let a5 = load_x(i0 + 5u, masked);
-    let a6 = load_x(i0 + 6u, masked);
-    let a7 = load_x(i0 + 7u, masked);
-    p.sum = dot(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), vec4<f32>(1.0));
+// Scale factors of the j-th four codes of a unit.
+fn prescale(j: u32) -> vec4<f32> {
     switch BITS {
         case 2u: {
-            p.v0 = a0 * P2_0;
-            p.v1 = a1 * P2_1;
-            p.v2 = a2 * P2_2;
-            p.v3 = a3 * P2_3;
-            p.v4 = a4 * P2_0;
-            p.v5 = a5 * P2_1;
-            p.v6 = a6 * P2_2;
-            p.v7 = a7 * P2_3;
+            switch j % 4u {
+                case 0u: { return P2_0; }
+                case 1u: { return P2_1; }
+                case 2u: { return P2_2; }
+                default: { return P2_3; }
+            }
         }
         case 3u: {
-            p.v0 = a0 * P3_0;
-            p.v1 = a1 * P3_1;
-            p.v2 = a2 * P3_2;
-            p.v3 = a3 * P3_3;
-            p.v4 = a4 * P3_4;
-            p.v5 = a5 * P3_5;
-            p.v6 = a6 * P3_6;
-            p.v7 = a7 * P3_0;
+            switch j {
+                case 0u, 7u: { return P3_0; }
+                case 1u: { return P3_1; }
+                case 2u: { return P3_2; }
+                case 3u: { return P3_3; }
+                case 4u: { return P3_4; }
+                case 5u: { return P3_5; }
+                default: { return P3_6; }
+            }
+        }
+        case 8u: {
+            return P8;
         }
         default: {
-            p.v0 = a0 * P4_0;
-            p.v1 = a1 * P4_1;
-            p.v2 = a2 * P4_0;
-            p.v3 = a3 * P4_1;
-            p.v4 = a4 * P4_0;
-            p.v5 = a5 * P4_1;
-            p.v6 = a6 * P4_0;
-            p.v7 = a7 * P4_1;
+            return select(P4_0, P4_1, j % 2u == 1u);
         }
     }
+}
+
+// The x of the unit starting at vec4 index i0 (unit_codes() / 4 vectors).
+fn load_unit_x(i0: u32, masked: bool) -> XUnit {
+    var p: XUnit;
+    let n = unit_codes() / 4u;
+    let a0 = load_x(i0, masked);
+    var s = a0;
+    p.v0 = a0 * prescale(0u);
+    if n > 1u {
+        let a1 = load_x(i0 + 1u, masked);
+        s += a1;
+        p.v1 = a1 * prescale(1u);
+    }
+    if n > 2u {
+        let a2 = load_x(i0 + 2u, masked);
+        let a3 = load_x(i0 + 3u, masked);
+        s += a2 + a3;
+        p.v2 = a2 * prescale(2u);
+        p.v3 = a3 * prescale(3u);
+    }
+    if n > 4u {
+        let a4 = load_x(i0 + 4u, masked);
+        let a5 = load_x(i0 + 5u, masked);
+        let a6 = load_x(i0 + 6u, masked);
+        let a7 = load_x(i0 + 7u, masked);
+        s += (a4 + a5) + (a6 + a7);
+        p.v4 = a4 * prescale(4u);
+        p.v5 = a5 * prescale(5u);
+        p.v6 = a6 * prescale(6u);
+        p.v7 = a7 * prescale(7u);
+    }
+    p.sum = dot(s, vec4<f32>(1.0));
     return p;
 }
 
@@ -207,16 +218,15 @@ fn dot2(w: u32, xa: vec4<f32>, xb: vec4<f32>, xc: vec4<f32>, xd: vec4<f32>) -> f
 // Sum of code * x over the 32 3-bit codes of three words (a 96-bit stream:
 // code j at stream bit 3j), regrouped into five words whose fields all lie
 // below bit 21: codes 0-6, 7-13, 14-20, 21-27 and 28-31.
-fn dot3(w0: u32, w1: u32, w2: u32, p: XPart) -> f32 {
+fn dot3(w0: u32, w1: u32, w2: u32, p: XUnit) -> f32 {
     let t0 = w0;
     let t1 = (w0 >> 21u) | (w1 << 11u);
     let t2 = w1 >> 10u;
     let t3 = (w1 >> 31u) | (w2 << 1u);
     let t4 = w2 >> 20u;
     let m0 = vec4<u32>(0x7u, 0x38u, 0x1c0u, 0xe00u);
-    let m1 = vec4<u32>(0x7000u, 0x38000u, 0x1c0000u, 0x7u);
     let c0 = fields(vec4<u32>(t0) & m0);
-    let c1 = fields(vec4<u32>(t0, t0, t0, t1) & m1);
+    let c1 = fields(vec4<u32>(t0, t0, t0, t1) & vec4<u32>(0x7000u, 0x38000u, 0x1c0000u, 0x7u));
     let c2 = fields(vec4<u32>(t1) & vec4<u32>(0x38u, 0x1c0u, 0xe00u, 0x7000u));
     let c3 = fields(vec4<u32>(t1, t1, t2, t2) & vec4<u32>(0x38000u, 0x1c0000u, 0x7u, 0x38u));
     let c4 = fields(vec4<u32>(t2) & vec4<u32>(0x1c0u, 0xe00u, 0x7000u, 0x38000u));
@@ -244,49 +254,102 @@ fn dot8(w: u32, xa: vec4<f32>) -> f32 {
     return dot(a, xa);
 }
 
-// Sum of code * x over part `part` of chunk `c` of the row starting at
-// vec4 index `row`.
-fn part_dot(row: u32, c: u32, part: u32, p: XPart) -> f32 {
+// The words of one unit of one row (the first unit_words() components).
+fn load_words(i: u32) -> vec4<u32> {
+    var w = vec4<u32>(weights[i], 0u, 0u, 0u);
+    if unit_words() > 1u {
+        w.y = weights[i + 1u];
+    }
+    if unit_words() > 2u {
+        w.z = weights[i + 2u];
+    }
+    if unit_words() > 3u {
+        w.w = weights[i + 3u];
+    }
+    return w;
+}
+
+// Sum of code * x over one unit of one row.
+fn unit_dot(w: vec4<u32>, p: XUnit) -> f32 {
+    let n = unit_words();
     switch BITS {
         case 2u: {
-            let w = weights[row + c];
-            let u = select(w.xy, w.zw, part == 1u);
-            return dot2(u.x, p.v0, p.v1, p.v2, p.v3) + dot2(u.y, p.v4, p.v5, p.v6, p.v7);
+            var d = dot2(w.x, p.v0, p.v1, p.v2, p.v3);
+            if n > 1u {
+                d += dot2(w.y, p.v4, p.v5, p.v6, p.v7);
+            }
+            return d;
         }
         case 3u: {
-            // Part j holds words 3j .. 3j+2 of the chunk's twelve.
-            let base = row + 3u * c;
-            switch part {
-                case 0u: {
-                    let a = weights[base];
-                    return dot3(a.x, a.y, a.z, p);
-                }
-                case 1u: {
-                    let a = weights[base];
-                    let b = weights[base + 1u];
-                    return dot3(a.w, b.x, b.y, p);
-                }
-                case 2u: {
-                    let b = weights[base + 1u];
-                    let d = weights[base + 2u];
-                    return dot3(b.z, b.w, d.x, p);
-                }
-                default: {
-                    let d = weights[base + 2u];
-                    return dot3(d.y, d.z, d.w, p);
-                }
-            }
+            return dot3(w.x, w.y, w.z, p);
         }
         case 8u: {
-            let w = weights[row + c];
-            return (dot8(w.x, p.v0) + dot8(w.y, p.v1)) + (dot8(w.z, p.v2) + dot8(w.w, p.v3));
+            var d = dot8(w.x, p.v0);
+            if n > 1u {
+                d += dot8(w.y, p.v1);
+            }
+            if n > 2u {
+                d += dot8(w.z, p.v2) + dot8(w.w, p.v3);
+            }
+            return d;
         }
         default: {
-            let w = weights[row + c];
-            return (dot4(w.x, p.v0, p.v1) + dot4(w.y, p.v2, p.v3))
-                + (dot4(w.z, p.v4, p.v5) + dot4(w.w, p.v6, p.v7));
+            var d = dot4(w.x, p.v0, p.v1);
+            if n > 1u {
+                d += dot4(w.y, p.v2, p.v3);
+            }
+            if n > 2u {
+                d += dot4(w.z, p.v4, p.v5) + dot4(w.w, p.v6, p.v7);
+            }
+            return d;
         }
     }
+}
+
+// One unit's words for each of the workgroup's rows (r4..r7 only if ROWS is 8).
+struct Words {
+    r0: vec4<u32>,
+    r1: vec4<u32>,
+    r2: vec4<u32>,
+    r3: vec4<u32>,
+    r4: vec4<u32>,
+    r5: vec4<u32>,
+    r6: vec4<u32>,
+    r7: vec4<u32>,
+}
+
+// The workgroup's rows: first word of each row, and first scale/bias entry.
+// Rows past the end of the block repeat the last one (their sums are never
+// written), which keeps the loop free of branches.
+struct Rows {
+    base_lo: vec4<u32>,
+    base_hi: vec4<u32>,
+    sb_lo: vec4<u32>,
+    sb_hi: vec4<u32>,
+}
+
+fn block_rows(block: u32) -> Rows {
+    let row0 = block * ROWS;
+    let last = vec4<u32>(params.rows - 1u);
+    let lo = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), last);
+    let hi = min(vec4<u32>(row0) + vec4<u32>(4u, 5u, 6u, 7u), last);
+    return Rows(lo * params.stride, hi * params.stride, lo * params.group_stride, hi * params.group_stride);
+}
+
+fn unit_words_of(r: Rows, u: u32) -> Words {
+    var w: Words;
+    let o = u * unit_words();
+    w.r0 = load_words(r.base_lo.x + o);
+    w.r1 = load_words(r.base_lo.y + o);
+    w.r2 = load_words(r.base_lo.z + o);
+    w.r3 = load_words(r.base_lo.w + o);
+    if ROWS == 8u {
+        w.r4 = load_words(r.base_hi.x + o);
+        w.r5 = load_words(r.base_hi.y + o);
+        w.r6 = load_words(r.base_hi.z + o);
+        w.r7 = load_words(r.base_hi.w + o);
+    }
+    return w;
 }
 
 // Scale and bias of entry i.
@@ -305,57 +368,73 @@ fn load_scale_bias(i: u32) -> vec2<f32> {
     }
 }
 
-// The rows of a workgroup: rows past the end of the block repeat the last
-// one (their sums are never written), which keeps the loop free of branches.
-fn block_rows(block: u32) -> vec4<u32> {
-    let row0 = block * ROWS;
-    return min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.rows - 1u));
+// s * d + b * sum for four rows whose scale/bias entries start at `sb`.
+fn fold(sb: vec4<u32>, g: u32, d: vec4<f32>, sum: f32) -> vec4<f32> {
+    let s0 = load_scale_bias(sb.x + g);
+    let s1 = load_scale_bias(sb.y + g);
+    let s2 = load_scale_bias(sb.z + g);
+    let s3 = load_scale_bias(sb.w + g);
+    return vec4<f32>(s0.x, s1.x, s2.x, s3.x) * d + vec4<f32>(s0.y, s1.y, s2.y, s3.y) * sum;
 }
 
-// The four rows' contributions of chunk c.
-fn chunk(rows: vec4<u32>, base: vec4<u32>, c: u32, masked: bool) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
-    let sbase = rows * params.group_stride;
-    let codes = part_codes() * parts();
-    for (var part = 0u; part < parts(); part++) {
-        let first = c * codes + part * part_codes();
-        let p = load_part(first / 4u, masked);
-        let g = min(first / GROUP, params.groups - 1u);
-        let s0 = load_scale_bias(sbase.x + g);
-        let s1 = load_scale_bias(sbase.y + g);
-        let s2 = load_scale_bias(sbase.z + g);
-        let s3 = load_scale_bias(sbase.w + g);
-        let d = vec4<f32>(
-            part_dot(base.x, c, part, p),
-            part_dot(base.y, c, part, p),
-            part_dot(base.z, c, part, p),
-            part_dot(base.w, c, part, p),
-        );
-        acc += vec4<f32>(s0.x, s1.x, s2.x, s3.x) * d + vec4<f32>(s0.y, s1.y, s2.y, s3.y) * p.sum;
+// Partial sums of rows 0-3 and 4-7.
+struct Acc {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// The rows' contributions of unit u, whose words are w.
+fn unit_sums(r: Rows, w: Words, u: u32, masked: bool) -> Acc {
+    var acc: Acc;
+    let first = u * unit_codes();
+    let p = load_unit_x(first / 4u, masked);
+    let g = min(first / GROUP, params.groups - 1u);
+    let dlo = vec4<f32>(unit_dot(w.r0, p), unit_dot(w.r1, p), unit_dot(w.r2, p), unit_dot(w.r3, p));
+    acc.lo = fold(r.sb_lo, g, dlo, p.sum);
+    if ROWS == 8u {
+        let dhi = vec4<f32>(unit_dot(w.r4, p), unit_dot(w.r5, p), unit_dot(w.r6, p), unit_dot(w.r7, p));
+        acc.hi = fold(r.sb_hi, g, dhi, p.sum);
     }
     return acc;
 }
 
-// This thread's partial sums of the four rows.
-fn partial_sums(block: u32, lid: u32) -> vec4<f32> {
-    let rows = block_rows(block);
-    let base = rows * params.stride;
-    var acc = vec4<f32>(0.0);
-    var c = lid;
-    for (; c < params.full_chunks; c += WG) {
-        acc += chunk(rows, base, c, false);
+// This thread's partial sums of the workgroup's rows.
+fn partial_sums(block: u32, lid: u32) -> Acc {
+    let r = block_rows(block);
+    var acc: Acc;
+    var u = lid;
+    if u < params.full_units {
+        var w = unit_words_of(r, u);
+        loop {
+            // The next unit's words (or this one's again, past the end)
+            // are requested before this unit's arithmetic.
+            let next = u + WG;
+            let more = next < params.full_units;
+            let n = unit_words_of(r, select(u, next, more));
+            let a = unit_sums(r, w, u, false);
+            acc.lo += a.lo;
+            acc.hi += a.hi;
+            u = next;
+            if !more {
+                break;
+            }
+            w = n;
+        }
     }
-    if c < params.chunks {
-        acc += chunk(rows, base, c, true);
+    if u < params.units {
+        let a = unit_sums(r, unit_words_of(r, u), u, true);
+        acc.lo += a.lo;
+        acc.hi += a.hi;
     }
     return acc;
 }
 
-// Thread `lid` < ROWS writes row `lid` of the workgroup from `total`.
-fn store(block: u32, lid: u32, total: vec4<f32>) {
+// Thread `lid` < ROWS writes row `lid` of the workgroup.
+fn store(block: u32, lid: u32, total: Acc) {
     let row = block * ROWS + lid;
     if lid < ROWS && row < params.rows {
-        y[params.row_offset + row] = total[lid];
+        let t = select(total.lo, total.hi, lid >= 4u);
+        y[params.row_offset + row] = t[lid & 3u];
     }
 }
 
@@ -365,30 +444,40 @@ fn block_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 }
 
 // Portable reduction: a binary tree in workgroup memory.
-fn reduce_tree(lid: u32, acc: vec4<f32>) -> vec4<f32> {
-    partial[lid] = acc;
+fn reduce_tree(lid: u32, acc: Acc) -> Acc {
+    partial_lo[lid] = acc.lo;
+    partial_hi[lid] = acc.hi;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if lid < s {
-            partial[lid] += partial[lid + s];
+            partial_lo[lid] += partial_lo[lid + s];
+            if ROWS == 8u {
+                partial_hi[lid] += partial_hi[lid + s];
+            }
         }
         workgroupBarrier();
     }
-    return partial[0];
+    return Acc(partial_lo[0], partial_hi[0]);
 }
 
 // Subgroup reduction: subgroupAdd, then the subgroups' sums through
 // workgroup memory (any subgroup size, partial subgroups included).
-fn reduce_subgroup(lid: u32, acc: vec4<f32>, sg_lane: u32, sg_id: u32, sg_count: u32) -> vec4<f32> {
-    let s = subgroupAdd(acc);
+fn reduce_subgroup(lid: u32, acc: Acc, sg_lane: u32, sg_id: u32, sg_count: u32) -> Acc {
+    let lo = subgroupAdd(acc.lo);
+    var hi = vec4<f32>(0.0);
+    if ROWS == 8u {
+        hi = subgroupAdd(acc.hi);
+    }
     if sg_lane == 0u {
-        partial[sg_id] = s;
+        partial_lo[sg_id] = lo;
+        partial_hi[sg_id] = hi;
     }
     workgroupBarrier();
-    var total = vec4<f32>(0.0);
+    var total: Acc;
     if lid < ROWS {
         for (var i = 0u; i < sg_count; i++) {
-            total += partial[i];
+            total.lo += partial_lo[i];
+            total.hi += partial_hi[i];
         }
     }
     return total;

@@ -295,22 +295,15 @@ fn chunk(rows: vec4<u32>, base: vec4<u32>, c: u32, masked: bool) -> vec4<f32> {
     for (var part = 0u; part < parts(); part++) {
         let k = c * n + part * part_codes();
         let p = load_part(k / 4u, masked);
-        var d = vec4<f32>(
-            part_dot(base.x, o.x, srow.x, c, part, k, p),
-            part_dot(base.y, o.y, srow.y, c, part, k, p),
-            part_dot(base.z, o.z, srow.z, c, part, k, p),
-            part_dot(base.w, o.w, srow.w, c, part, k, p),
-        );
-        if BLOCK != 0u && !scale_each() {
-            let b = k / block_len();
-            d *= vec4<f32>(
-                block_scale(srow.x, b),
-                block_scale(srow.y, b),
-                block_scale(srow.z, b),
-                block_scale(srow.w, b),
-            );
+        // A loop rather than four calls: a quarter of the code to compile
+        // (drivers unroll it), which llvmpipe takes seconds over.
+        for (var r = 0u; r < ROWS; r++) {
+            var d = part_dot(base[r], o[r], srow[r], c, part, k, p);
+            if BLOCK != 0u && !scale_each() {
+                d *= block_scale(srow[r], k / block_len());
+            }
+            acc[r] += d;
         }
-        acc += d;
     }
     return acc;
 }

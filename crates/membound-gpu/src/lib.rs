@@ -15,7 +15,7 @@ pub use context::{
 };
 pub use dispatch::{Dispatch, Workgroups};
 pub use error::{GpuError, Result};
-pub use kernels::affine::{AffineGemv, KERNEL_BITS};
+pub use kernels::affine::{AffineGemv, KERNEL_BITS, Launch};
 pub use kernels::dense::{DenseGemv, WeightDType, dense_gemv_reference};
 pub use kernels::lut::{LutGemv, LutSource};
 pub use kernels::sparse::{Compaction, SparseDType, SparseGemv, SparseTuning, Threshold};

@@ -5,15 +5,16 @@
 //! scales.
 //!
 //! Tolerances. Write the stored weight as the exact real `q·s + b`. The
-//! kernel computes, per run of at most 32 codes within a group,
+//! kernel computes, per unit of at most 32 codes within a group,
 //! `s·Σ q·x + b·Σ x` in f32 (each product `q·x` is formed exactly as the
 //! rounded f32 product: the codes are scaled by powers of two and x by their
 //! inverses), and adds these up along a tree of depth at most
-//! `D = 32 + 2 + 4 + ⌈K/1024⌉ + 256`: 32 for the sums within a run, 2 for
-//! the scale and bias products and their sum, 4 for the runs of a chunk,
-//! ⌈K/(16·64)⌉ for the chunks a thread visits (at least 16 codes a chunk
-//! and 64 threads), and at most 256 for the workgroup reduction (a tree of
-//! depth log₂ WG, or subgroupAdd in an order the driver picks). So
+//! `D = 32 + 2 + 4 + ⌈K/1024⌉ + 256`: 32 for the sums within a unit, 2 for
+//! the scale and bias products and their sum, 4 to spare,
+//! ⌈K/(16·64)⌉ for the units a thread visits (the default launch takes at
+//! least 16 codes a unit and 64 threads), and at most 256 for the workgroup
+//! reduction (a tree of depth log₂ WG, or subgroupAdd in an order the driver
+//! picks). So
 //! `|y − y*| ≤ γ(D)·Σ_k (|q_k·s| + |b|)·|x_k|`, with γ(n) = n·u/(1 − n·u),
 //! u = 2⁻²⁴, y* the exact result for the stored weights. The sums are of
 //! `|q·s|` and `|b|` separately because the folded form can cancel between
@@ -31,9 +32,12 @@ mod common;
 
 use common::{FEATURE_SETS, Rng, context, context_with};
 use half::{bf16, f16};
-use membound_codec::{AffineCodec, Codec, Encoded, Group, Matrix, Part, PartDType, ScaleDType, pack};
+use membound_codec::{
+    AffineCodec, Codec, Encoded, Group, Matrix, Part, PartDType, ScaleDType, pack,
+};
 use membound_gpu::{
-    AffineGemv, GpuContext, GpuFeatures, GpuOptions, GpuVector, SHADERS, dense_gemv_reference,
+    AffineGemv, GpuContext, GpuFeatures, GpuOptions, GpuVector, Launch, SHADERS,
+    dense_gemv_reference,
 };
 
 const BITS: [u32; 4] = [2, 3, 4, 8];
@@ -103,7 +107,14 @@ fn tolerances(codec: &AffineCodec, e: &Encoded, decoded: &[f32], x: &[f32]) -> V
         .collect()
 }
 
-fn check_within_tolerance(ctx: &GpuContext, set: &str, codec: &AffineCodec, rows: usize, cols: usize, rng: &mut Rng) {
+fn check_within_tolerance(
+    ctx: &GpuContext,
+    set: &str,
+    codec: &AffineCodec,
+    rows: usize,
+    cols: usize,
+    rng: &mut Rng,
+) {
     let w: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
     let x: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
     let e = encode(codec, rows, cols, &w);
@@ -210,7 +221,12 @@ fn integer_encoding(codec: &AffineCodec, rows: usize, cols: usize, rng: &mut Rng
         rows,
         cols,
         parts: vec![
-            part("weight", PartDType::U32, vec![rows, l.words_per_row], weight),
+            part(
+                "weight",
+                PartDType::U32,
+                vec![rows, l.words_per_row],
+                weight,
+            ),
             part("scales", sd, shape.clone(), bytes(&scales)),
             part("biases", sd, shape, bytes(&biases)),
         ],
@@ -218,7 +234,14 @@ fn integer_encoding(codec: &AffineCodec, rows: usize, cols: usize, rng: &mut Rng
 }
 
 /// `y` of a hand-made integer encoding, exactly.
-fn check_exact(ctx: &GpuContext, what: &str, gemv: &AffineGemv, codec: &AffineCodec, e: &Encoded, x: &[f32]) {
+fn check_exact(
+    ctx: &GpuContext,
+    what: &str,
+    gemv: &AffineGemv,
+    codec: &AffineCodec,
+    e: &Encoded,
+    x: &[f32],
+) {
     let decoded = codec.decode(e).unwrap();
     let want = dense_gemv_reference(&decoded, e.rows, e.cols, x);
     let xv = GpuVector::from_slice(ctx, "x", x).unwrap();
@@ -243,7 +266,13 @@ fn integer_encodings_exactly() {
         let Some(ctx) = context(disable) else { return };
         let mut rng = Rng::new(23);
         for bits in BITS {
-            for group in [Group::Size(32), Group::Size(64), Group::Size(128), Group::Row, Group::Tensor] {
+            for group in [
+                Group::Size(32),
+                Group::Size(64),
+                Group::Size(128),
+                Group::Row,
+                Group::Tensor,
+            ] {
                 for scale in [ScaleDType::F16, ScaleDType::BF16, ScaleDType::F32] {
                     let codec = AffineCodec::new(bits, group, scale).unwrap();
                     for (rows, cols) in shapes(u64::from(bits) + group_seed(group), 2) {
@@ -258,22 +287,38 @@ fn integer_encodings_exactly() {
     }
 }
 
-/// Every workgroup size gives the same exact result.
+/// Every launch shape (4 or 8 rows, any workgroup size, every unit size)
+/// gives the same exact result.
 #[test]
-fn every_workgroup_size_exactly() {
+fn every_launch_shape_exactly() {
     for &(set, disable) in FEATURE_SETS {
         let Some(ctx) = context(disable) else { return };
         let mut rng = Rng::new(29);
         for bits in BITS {
             let codec = AffineCodec::new(bits, Group::Size(64), ScaleDType::F16).unwrap();
-            let (rows, cols) = (11, 5000);
+            // Columns off every unit size.
+            let (rows, cols) = (11, 5001);
             let e = integer_encoding(&codec, rows, cols, &mut rng);
             let x: Vec<f32> = (0..cols).map(|_| rng.int(1)).collect();
             let mut gemv = AffineGemv::new(&ctx, "w", &codec, &e).unwrap();
-            for wg in [4, 32, 64, 128, 256] {
-                gemv.set_workgroup_size(&ctx, wg).unwrap();
-                assert_eq!(gemv.workgroup_size(), wg);
-                check_exact(&ctx, &format!("{set} WG {wg}"), &gemv, &codec, &e, &x);
+            let units: &[u32] = match bits {
+                2 => &[1, 2],
+                3 => &[3],
+                _ => &[1, 2, 4],
+            };
+            for &unit_words in units {
+                for (rows_per_workgroup, workgroup_size) in
+                    [(4, 4), (8, 8), (4, 64), (8, 128), (8, 256)]
+                {
+                    let launch = Launch {
+                        rows_per_workgroup,
+                        workgroup_size,
+                        unit_words,
+                    };
+                    gemv.set_launch(&ctx, launch).unwrap();
+                    assert_eq!(gemv.launch(), launch);
+                    check_exact(&ctx, &format!("{set} {launch}"), &gemv, &codec, &e, &x);
+                }
             }
         }
     }
@@ -324,13 +369,21 @@ fn matrix_over_the_binding_limit_is_split_into_blocks() {
         return;
     };
     let mut rng = Rng::new(41);
-    for (bits, group) in [(4, Group::Size(64)), (3, Group::Size(32)), (8, Group::Tensor)] {
+    for (bits, group) in [
+        (4, Group::Size(64)),
+        (3, Group::Size(32)),
+        (8, Group::Tensor),
+    ] {
         let codec = AffineCodec::new(bits, group, ScaleDType::F16).unwrap();
         let (rows, cols) = (701, 1000);
         let e = integer_encoding(&codec, rows, cols, &mut rng);
         let x: Vec<f32> = (0..cols).map(|_| rng.int(1)).collect();
         let gemv = AffineGemv::new(&ctx, "split", &codec, &e).unwrap();
-        assert!(gemv.blocks() > 1, "{}: expected several blocks", codec.spec());
+        assert!(
+            gemv.blocks() > 1,
+            "{}: expected several blocks",
+            codec.spec()
+        );
         check_exact(&ctx, "split", &gemv, &codec, &e, &x);
     }
 }
@@ -439,21 +492,57 @@ fn mismatches_are_clear_errors() {
     let short_x = GpuVector::zeros(&ctx, "short", 99).unwrap();
     let y = GpuVector::zeros(&ctx, "y", 5).unwrap();
     let short_y = GpuVector::zeros(&ctx, "short y", 4).unwrap();
-    assert!(g.bind(&ctx, &short_x, &y).unwrap_err().to_string().contains("short"));
-    assert!(g.bind(&ctx, &x, &short_y).unwrap_err().to_string().contains("short y"));
-    assert!(g.bind(&ctx, &x, &x).unwrap_err().to_string().contains("same buffer"));
+    assert!(
+        g.bind(&ctx, &short_x, &y)
+            .unwrap_err()
+            .to_string()
+            .contains("short")
+    );
+    assert!(
+        g.bind(&ctx, &x, &short_y)
+            .unwrap_err()
+            .to_string()
+            .contains("short y")
+    );
+    assert!(
+        g.bind(&ctx, &x, &x)
+            .unwrap_err()
+            .to_string()
+            .contains("same buffer")
+    );
     assert!(g.bind(&ctx, &x, &y).is_ok());
     let mut g = g;
-    for wg in [0, 2, 3, 100_000] {
-        assert!(g.set_workgroup_size(&ctx, wg).is_err(), "WG {wg}");
+    let launch = |rows_per_workgroup, workgroup_size, unit_words| Launch {
+        rows_per_workgroup,
+        workgroup_size,
+        unit_words,
+    };
+    for bad in [
+        launch(4, 0, 2),
+        launch(4, 2, 2),
+        launch(8, 4, 2),
+        launch(4, 3, 2),
+        launch(4, 100_000, 2),
+        launch(5, 64, 2),
+        launch(16, 64, 2),
+        launch(0, 64, 2),
+        launch(8, 64, 3),
+        launch(8, 64, 8),
+        launch(8, 64, 0),
+    ] {
+        assert!(g.set_launch(&ctx, bad).is_err(), "{bad}");
     }
+    assert!(g.set_launch(&ctx, launch(8, 64, 4)).is_ok());
 }
 
 /// GPU-free: the shader validates and translates to SPIR-V, MSL and HLSL
 /// for every specialisation the wrapper builds.
 #[test]
 fn every_specialisation_translates() {
-    let shader = SHADERS.iter().find(|s| s.name == "gemv_affine.wgsl").unwrap();
+    let shader = SHADERS
+        .iter()
+        .find(|s| s.name == "gemv_affine.wgsl")
+        .unwrap();
     let module = naga::front::wgsl::parse_str(shader.source).unwrap();
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
@@ -464,9 +553,14 @@ fn every_specialisation_translates() {
     for bits in BITS {
         for group in [32.0, 64.0, 128.0, f64::from(1u32 << 31)] {
             for scale_kind in [0.0, 1.0, 2.0] {
-                for wg in [64.0, 256.0] {
+                for (rows, wg, unit) in [(4.0, 64.0, 1.0), (8.0, 256.0, 2.0), (8.0, 128.0, 4.0)] {
+                    if bits == 2 && unit == 4.0 {
+                        continue;
+                    }
                     let constants = [
                         ("WG", wg),
+                        ("ROWS", rows),
+                        ("UNIT_WORDS", unit),
                         ("BITS", f64::from(bits)),
                         ("GROUP", group),
                         ("SCALE_KIND", scale_kind),
@@ -489,8 +583,10 @@ fn translate(
     constants: &[(&str, f64)],
 ) {
     use naga::back::{hlsl, msl, spv};
-    let constants: naga::back::PipelineConstants =
-        constants.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    let constants: naga::back::PipelineConstants = constants
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect();
     let (module, info) = naga::back::pipeline_constants::process_overrides(
         module,
         info,

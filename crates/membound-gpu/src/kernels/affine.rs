@@ -17,11 +17,15 @@ use crate::shaders::GEMV_AFFINE;
 /// Code widths the quantized kernels read.
 pub const KERNEL_BITS: &[u32] = &[2, 3, 4, 8];
 
-/// Rows each workgroup of the quantized kernels computes.
-pub(crate) const ROWS_PER_WORKGROUP: usize = 4;
+/// Rows each workgroup of the quantized kernels computes unless told
+/// otherwise (4 or 8).
+pub(crate) const DEFAULT_ROWS_PER_WORKGROUP: usize = 8;
 
-/// Most threads per workgroup of the quantized kernels.
-pub(crate) const MAX_WORKGROUP_SIZE: u32 = 256;
+/// Most threads per workgroup the quantized kernels pick. On an H100, 128
+/// matched or beat 256 at 4096×14336 and 14336×4096 for every bit width
+/// (e.g. 3-bit affine 21.5 against 22.8 µs and 20.9 against 28.1; 4-bit
+/// levels per row 37.3 against 38.3 and 37.5 against 50.4).
+pub(crate) const MAX_WORKGROUP_SIZE: u32 = 128;
 
 const BINDINGS: &[Binding] = &[
     Binding::Uniform,
@@ -32,55 +36,71 @@ const BINDINGS: &[Binding] = &[
 ];
 
 /// How rows of packed codes are laid out for the quantized kernels: MLX's
-/// code stream of each row, padded with zero words to whole chunks (what a
-/// thread loads from a row at once).
+/// code stream of each row as the codec packed it, padded with zero words to
+/// a multiple of 4 words (of 3 words, one 32-code unit, at 3 bits), so that
+/// every unit size the kernels take (1, 2 or 4 words; 3 at 3 bits) tiles
+/// the row.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CodeRows {
+    /// Bits per code.
+    pub bits: u32,
+    /// Codes per row.
+    pub cols: usize,
     /// Words per row in the codec's layout.
     pub words_per_row: usize,
-    /// Chunks per row.
-    pub chunks: usize,
-    /// Chunks without a column at or past `cols`.
-    pub full_chunks: usize,
-    /// Row stride in 16-byte vectors.
+    /// Row stride in u32 words.
     pub stride: usize,
 }
 
 impl CodeRows {
     /// The layout of rows of `cols` codes of `bits` bits (2, 3, 4 or 8).
     pub fn new(what: &str, bits: u32, cols: usize) -> Result<Self> {
-        // Codes per chunk and 16-byte vectors per chunk.
-        let (codes, vectors) = match bits {
-            2 => (64, 1),
-            3 => (128, 3),
-            4 => (32, 1),
-            8 => (16, 1),
-            _ => {
-                return Err(GpuError::invalid(
-                    what,
-                    format!("{bits}-bit codes; the kernels read {KERNEL_BITS:?}"),
-                ));
-            }
-        };
-        // Code indices, plus a chunk of slack, must fit the kernel's u32 math.
+        if !KERNEL_BITS.contains(&bits) {
+            return Err(GpuError::invalid(
+                what,
+                format!("{bits}-bit codes; the kernels read {KERNEL_BITS:?}"),
+            ));
+        }
+        // Code indices, plus a unit of slack, must fit the kernel's u32 math.
         if cols == 0 || cols > (u32::MAX - 256) as usize {
             return Err(GpuError::invalid(
                 what,
                 format!("{cols} columns; the kernels take 1 to 2^32 - 257"),
             ));
         }
-        let chunks = cols.div_ceil(codes);
+        let words_per_row = membound_codec::pack::words_for(cols, bits);
+        let stride = if bits == 3 {
+            cols.div_ceil(32) * 3
+        } else {
+            words_per_row.next_multiple_of(4)
+        };
         Ok(Self {
-            words_per_row: membound_codec::pack::words_for(cols, bits),
-            chunks,
-            full_chunks: cols / codes,
-            stride: chunks * vectors,
+            bits,
+            cols,
+            words_per_row,
+            stride,
         })
+    }
+
+    /// The unit sizes in words the kernels take for these codes.
+    pub fn unit_sizes(&self) -> &'static [u32] {
+        match self.bits {
+            2 => &[1, 2],
+            3 => &[3],
+            _ => &[1, 2, 4],
+        }
+    }
+
+    /// `(units, full units)` per row for units of `unit_words` words: all
+    /// units, and those without a column at or past `cols`.
+    pub fn units(&self, unit_words: u32) -> (usize, usize) {
+        let codes = unit_words as usize * 32 / self.bits as usize;
+        (self.cols.div_ceil(codes), self.cols / codes)
     }
 
     /// Bytes of one padded row.
     pub fn row_bytes(&self) -> u64 {
-        self.stride as u64 * 16
+        self.stride as u64 * 4
     }
 
     /// The padded rows `first..first + rows` of `words` (`words_per_row` a
@@ -147,49 +167,59 @@ pub(crate) fn rows_per_block(
         });
     }
     let fit = fit.min(rows);
-    if u32::try_from(fit * layout.stride).is_err() {
+    if u32::try_from((fit * layout.stride).saturating_add(64)).is_err() {
         return Err(GpuError::invalid(
             what,
-            "a weight block exceeds 2^32 vectors".to_owned(),
+            "a weight block exceeds 2^32 words".to_owned(),
         ));
     }
     Ok(fit)
 }
 
-/// Threads per workgroup for rows of `chunks` chunks: the chunk count
-/// rounded up to a power of two within 64..=256, then within what the
-/// device allows for `shared_bytes(threads)` bytes of workgroup memory.
+/// Threads per workgroup for rows of `units` units (or chunks): the count
+/// rounded up to a power of two within 64..=128, so that short rows do not
+/// leave most threads idle, then within what the device allows for
+/// `shared_bytes(threads)` bytes of workgroup memory.
 pub(crate) fn workgroup_size(
     ctx: &GpuContext,
-    chunks: usize,
+    units: usize,
     shared_bytes: impl Fn(u32) -> u32,
 ) -> u32 {
-    let wanted = chunks
+    let wanted = units
         .next_power_of_two()
         .clamp(64, MAX_WORKGROUP_SIZE as usize) as u32;
     let l = ctx.limits();
-    let mut wg = 1 << wanted
-        .min(l.max_compute_invocations_per_workgroup)
-        .min(l.max_compute_workgroup_size_x)
-        .max(1)
-        .ilog2();
-    while wg > 1 && shared_bytes(wg) > l.max_compute_workgroup_storage_size {
+    let mut wg = 1
+        << wanted
+            .min(l.max_compute_invocations_per_workgroup)
+            .min(l.max_compute_workgroup_size_x)
+            .max(1)
+            .ilog2();
+    while wg > 8 && shared_bytes(wg) > l.max_compute_workgroup_storage_size {
         wg /= 2;
     }
     wg
 }
 
-/// Checks that a workgroup size is a power of two the device allows.
-pub(crate) fn check_workgroup_size(
+/// Checks a launch shape: 4 or 8 rows a workgroup, and a workgroup size
+/// that is a power of two, at least the rows (threads 0..rows write the
+/// sums), within the device's limits.
+pub(crate) fn check_launch(
     ctx: &GpuContext,
     what: &str,
+    rows: usize,
     wg: u32,
     shared_bytes: u32,
 ) -> Result<()> {
+    if rows != 4 && rows != 8 {
+        return Err(GpuError::invalid(
+            what,
+            format!("{rows} rows a workgroup; the kernels compute 4 or 8"),
+        ));
+    }
     let l = ctx.limits();
-    // Threads 0..ROWS write the rows' sums.
     if !wg.is_power_of_two()
-        || wg < ROWS_PER_WORKGROUP as u32
+        || wg < rows as u32
         || wg > l.max_compute_invocations_per_workgroup
         || wg > l.max_compute_workgroup_size_x
         || shared_bytes > l.max_compute_workgroup_storage_size
@@ -197,9 +227,10 @@ pub(crate) fn check_workgroup_size(
         return Err(GpuError::invalid(
             what,
             format!(
-                "workgroup size {wg} must be a power of two from {ROWS_PER_WORKGROUP} within the \
-                 device's limits ({} threads, {} bytes of workgroup memory; {shared_bytes} needed)",
-                l.max_compute_invocations_per_workgroup.min(l.max_compute_workgroup_size_x),
+                "workgroup size {wg} must be a power of two from {rows} within the device's \
+                 limits ({} threads, {} bytes of workgroup memory; {shared_bytes} needed)",
+                l.max_compute_invocations_per_workgroup
+                    .min(l.max_compute_workgroup_size_x),
                 l.max_compute_workgroup_storage_size
             ),
         ));
@@ -266,12 +297,52 @@ pub(crate) fn block_name(name: &str, first: usize, rows: usize, total: usize) ->
     }
 }
 
+/// How a quantized kernel is launched: rows and threads per workgroup, and
+/// the words of a row each thread takes at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Launch {
+    /// Output rows each workgroup computes: 4 or 8.
+    pub rows_per_workgroup: usize,
+    /// Threads per workgroup: a power of two, at least the rows.
+    pub workgroup_size: u32,
+    /// Code words of a row a thread takes at once (a unit): for
+    /// [`AffineGemv`], 1 or 2 at 2 bits, 3 at 3 bits, 1, 2 or 4 at 4 and 8
+    /// bits; for [`LutGemv`](crate::LutGemv), 4 (12 at 3 bits).
+    pub unit_words: u32,
+}
+
+impl std::fmt::Display for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rows × {} threads, {}-word units",
+            self.rows_per_workgroup, self.workgroup_size, self.unit_words
+        )
+    }
+}
+
+/// Checks a launch against the codes' layout and the device.
+pub(crate) fn check_unit(what: &str, layout: &CodeRows, unit_words: u32) -> Result<()> {
+    if !layout.unit_sizes().contains(&unit_words) {
+        return Err(GpuError::invalid(
+            what,
+            format!(
+                "{unit_words}-word units; {}-bit codes take {:?}",
+                layout.bits,
+                layout.unit_sizes()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Rows of the matrix held in one set of device buffers.
 #[derive(Debug)]
 struct Block {
     weights: GpuBuffer,
     scale_bias: GpuBuffer,
     params: GpuBuffer,
+    first: usize,
     rows: usize,
 }
 
@@ -279,10 +350,10 @@ struct Block {
 /// pipeline that multiplies it by a vector.
 ///
 /// Codes keep MLX's packing (each row's words as the codec wrote them,
-/// padded with zero words to a multiple of 16 bytes, or of 48 for 3-bit
-/// codes); a group's scale and bias share one u32 (two f16, or two bf16)
-/// or take two (f32). Bits 2, 3, 4 and 8 and every grouping (32, 64, 128,
-/// `row`, `tensor`) are supported. A matrix larger than the device's
+/// padded with zero words to a multiple of 16 bytes, of 12 bytes at 3 bits);
+/// a group's scale and bias share one u32 (two f16, or two bf16) or take two
+/// (f32). Bits 2, 3, 4 and 8 and every grouping (32, 64, 128, `row`,
+/// `tensor`) are supported. A matrix larger than the device's
 /// storage-binding limit is split into row blocks, one dispatch each.
 #[derive(Debug)]
 pub struct AffineGemv {
@@ -291,16 +362,43 @@ pub struct AffineGemv {
     cols: usize,
     codec: AffineCodec,
     layout: CodeRows,
-    /// Scale/bias entries per row (1 for `row` and `tensor`).
+    /// Scale/bias entries per row (1 for `row` and `tensor`), and the
+    /// distance between two rows' first entries (0 for `tensor`).
     groups: usize,
+    group_stride: usize,
     blocks: Vec<Block>,
     pipeline: Arc<Pipeline>,
-    workgroup_size: u32,
+    launch: Launch,
+}
+
+/// Workgroup memory of the affine kernel: two vec4 partial sums a thread.
+fn affine_shared_bytes(wg: u32) -> u32 {
+    wg * 32
 }
 
 impl AffineGemv {
-    /// Output rows each workgroup computes.
-    pub const ROWS_PER_WORKGROUP: usize = ROWS_PER_WORKGROUP;
+    /// The launch `new` picks for `bits`-bit codes and rows of `cols` codes:
+    /// 8 rows a workgroup and units of 16 codes (32 at 3 bits). On an H100
+    /// with 128 threads: at 8 bits 16-code units took 29.1 and 27.8 µs
+    /// (4096×14336, 14336×4096) against 30.9 and 28.4 with 8 codes; at 2
+    /// bits they were within 2% of 32-code units; at 4 bits (14336×4096,
+    /// this kernel without its prefetch) 21.7 µs against 36.5 with 8 codes
+    /// and 25.6 with 32. 8 rows beat 4 at 2 bits (20.4 and 18.7 µs against
+    /// 20.9 and 19.6) and 3 bits.
+    fn default_launch(ctx: &GpuContext, bits: u32, cols: usize) -> Launch {
+        let unit_words = match bits {
+            2 => 1,
+            3 => 3,
+            4 => 2,
+            _ => 4,
+        };
+        let codes = unit_words as usize * 32 / bits as usize;
+        Launch {
+            rows_per_workgroup: DEFAULT_ROWS_PER_WORKGROUP,
+            workgroup_size: workgroup_size(ctx, cols.div_ceil(codes), affine_shared_bytes),
+            unit_words,
+        }
+    }
 
     /// Checks `encoded` against `codec` (spec, shapes, dtypes, finite
     /// scales) and uploads it. `name` (the tensor's) labels the buffers and
@@ -331,12 +429,11 @@ impl AffineGemv {
         let layout = CodeRows::new(&what, codec.bits, cols)?;
         debug_assert_eq!(layout.words_per_row, l.words_per_row);
 
-        // Scale/bias entries per row, their stride between rows, and the
-        // group size the kernel divides by (any value ≥ cols for one group).
-        let (groups, group_stride, group) = match codec.group {
-            Group::Size(g) => (cols.div_ceil(g), cols.div_ceil(g), g as f64),
-            Group::Row => (1, 1, f64::from(1u32 << 31)),
-            Group::Tensor => (1, 0, f64::from(1u32 << 31)),
+        // Scale/bias entries per row and their stride between rows.
+        let (groups, group_stride) = match codec.group {
+            Group::Size(g) => (cols.div_ceil(g), cols.div_ceil(g)),
+            Group::Row => (1, 1),
+            Group::Tensor => (1, 0),
         };
         let entry_words = match codec.scale {
             ScaleDType::F16 | ScaleDType::BF16 => 1,
@@ -350,11 +447,21 @@ impl AffineGemv {
             ));
         }
         let rows_per_block = rows_per_block(ctx, name, &what, rows, &layout, &[sb_row_bytes])?;
+        let launch = Self::default_launch(ctx, codec.bits, cols);
+        let pipeline = Self::pipeline(ctx, codec, launch)?;
 
-        let wg = workgroup_size(ctx, layout.chunks, |wg| wg * 16);
-        let pipeline = Self::pipeline(ctx, codec, group, wg)?;
-
-        let mut blocks = Vec::new();
+        let mut gemv = Self {
+            name: name.to_owned(),
+            rows,
+            cols,
+            codec: *codec,
+            layout,
+            groups,
+            group_stride,
+            blocks: Vec::new(),
+            pipeline,
+            launch,
+        };
         let mut first = 0;
         while first < rows {
             let block_rows = rows_per_block.min(rows - first);
@@ -373,47 +480,54 @@ impl AffineGemv {
                 bytemuck::cast_slice(&sb),
                 wgpu::BufferUsages::STORAGE,
             )?;
-            let params = params_buffer(
-                ctx,
-                &block_name,
-                [
-                    block_rows as u32,
-                    cols as u32,
-                    layout.stride as u32,
-                    first as u32,
-                    layout.chunks as u32,
-                    layout.full_chunks as u32,
-                    groups as u32,
-                    group_stride as u32,
-                ],
-            )?;
-            blocks.push(Block {
+            let params = gemv.params(ctx, first, block_rows, launch.unit_words)?;
+            gemv.blocks.push(Block {
                 weights,
                 scale_bias,
                 params,
+                first,
                 rows: block_rows,
             });
             first += block_rows;
         }
-
-        Ok(Self {
-            name: name.to_owned(),
-            rows,
-            cols,
-            codec: *codec,
-            layout,
-            groups,
-            blocks,
-            pipeline,
-            workgroup_size: wg,
-        })
+        Ok(gemv)
     }
 
-    fn pipeline(ctx: &GpuContext, codec: &AffineCodec, group: f64, wg: u32) -> Result<Arc<Pipeline>> {
+    /// The kernel's parameters for rows `first..first + rows`.
+    fn params(
+        &self,
+        ctx: &GpuContext,
+        first: usize,
+        rows: usize,
+        unit_words: u32,
+    ) -> Result<GpuBuffer> {
+        let (units, full_units) = self.layout.units(unit_words);
+        params_buffer(
+            ctx,
+            &block_name(&self.name, first, rows, self.rows),
+            [
+                rows as u32,
+                self.cols as u32,
+                self.layout.stride as u32,
+                first as u32,
+                units as u32,
+                full_units as u32,
+                self.groups as u32,
+                self.group_stride as u32,
+            ],
+        )
+    }
+
+    fn pipeline(ctx: &GpuContext, codec: &AffineCodec, launch: Launch) -> Result<Arc<Pipeline>> {
         let scale_kind = match codec.scale {
             ScaleDType::F16 => 0.0,
             ScaleDType::BF16 => 1.0,
             ScaleDType::F32 => 2.0,
+        };
+        // Any group size at least `cols` makes one group a row.
+        let group = match codec.group {
+            Group::Size(g) => g as f64,
+            Group::Row | Group::Tensor => f64::from(1u32 << 31),
         };
         let entry = if ctx.features().subgroups {
             "gemv_affine_subgroup"
@@ -424,7 +538,9 @@ impl AffineGemv {
             shader: GEMV_AFFINE,
             entry,
             constants: &[
-                ("WG", f64::from(wg)),
+                ("WG", f64::from(launch.workgroup_size)),
+                ("ROWS", launch.rows_per_workgroup as f64),
+                ("UNIT_WORDS", f64::from(launch.unit_words)),
                 ("BITS", f64::from(codec.bits)),
                 ("GROUP", group),
                 ("SCALE_KIND", scale_kind),
@@ -433,17 +549,26 @@ impl AffineGemv {
         })
     }
 
-    /// Uses `wg` threads per workgroup (a power of two the device allows)
-    /// in dispatches bound from now on, instead of the size chosen from the
-    /// row length: for tuning and benchmarks.
-    pub fn set_workgroup_size(&mut self, ctx: &GpuContext, wg: u32) -> Result<()> {
-        check_workgroup_size(ctx, &format!("affine GEMV `{}`", self.name), wg, wg * 16)?;
-        let group = match self.codec.group {
-            Group::Size(g) => g as f64,
-            Group::Row | Group::Tensor => f64::from(1u32 << 31),
-        };
-        self.pipeline = Self::pipeline(ctx, &self.codec, group, wg)?;
-        self.workgroup_size = wg;
+    /// Launches the dispatches bound from now on with `launch` instead of
+    /// the shape chosen from the bit width and row length: for tuning and
+    /// benchmarks.
+    pub fn set_launch(&mut self, ctx: &GpuContext, launch: Launch) -> Result<()> {
+        let what = format!("affine GEMV `{}`", self.name);
+        let wg = launch.workgroup_size;
+        check_launch(
+            ctx,
+            &what,
+            launch.rows_per_workgroup,
+            wg,
+            affine_shared_bytes(wg),
+        )?;
+        check_unit(&what, &self.layout, launch.unit_words)?;
+        self.pipeline = Self::pipeline(ctx, &self.codec, launch)?;
+        for i in 0..self.blocks.len() {
+            let (first, rows) = (self.blocks[i].first, self.blocks[i].rows);
+            self.blocks[i].params = self.params(ctx, first, rows, launch.unit_words)?;
+        }
+        self.launch = launch;
         Ok(())
     }
 
@@ -465,7 +590,7 @@ impl AffineGemv {
                     y.buffer(),
                 ],
             )?;
-            let workgroups = block.rows.div_ceil(ROWS_PER_WORKGROUP) as u32;
+            let workgroups = block.rows.div_ceil(self.launch.rows_per_workgroup) as u32;
             let grid = ctx.grid_1d(&what, workgroups)?;
             dispatch.push(
                 Arc::clone(&self.pipeline),
@@ -503,9 +628,9 @@ impl AffineGemv {
         &self.codec
     }
 
-    /// Threads per workgroup.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
+    /// How the kernel is launched.
+    pub fn launch(&self) -> Launch {
+        self.launch
     }
 
     /// Number of weight blocks (1 unless the matrix exceeded a binding limit).
@@ -558,6 +683,8 @@ fn pack_scale_bias(dtype: ScaleDType, scales: &[f32], biases: &[f32]) -> Vec<u32
                     | u32::from(bf16::from_f32(b).to_bits()) << 16
             })
             .collect(),
-        ScaleDType::F32 => pairs.flat_map(|(s, b)| [s.to_bits(), b.to_bits()]).collect(),
+        ScaleDType::F32 => pairs
+            .flat_map(|(s, b)| [s.to_bits(), b.to_bits()])
+            .collect(),
     }
 }

@@ -9,8 +9,8 @@ use half::{bf16, f16};
 use membound_codec::{Encoded, NF4_LEVELS, Nf4Codec, Part, PartDType, ScaleDType, Spec};
 
 use super::affine::{
-    CodeRows, ROWS_PER_WORKGROUP, block_name, check_vectors, check_workgroup_size, params_buffer,
-    rows_per_block, workgroup_size,
+    CodeRows, Launch, block_name, check_launch, check_vectors, params_buffer, rows_per_block,
+    workgroup_size,
 };
 use crate::buffer::{GpuBuffer, GpuVector};
 use crate::context::GpuContext;
@@ -87,7 +87,7 @@ struct Block {
 /// and the pipeline that multiplies it by a vector.
 ///
 /// Codes keep the codec's packing (MLX's word layout, each row padded with
-/// zero words to a multiple of 16 bytes, or of 48 for 3-bit codes). Levels
+/// zero words to whole chunks of 16 bytes, 48 at 3 bits). Levels
 /// are uploaded as f32, per row or once, and staged in workgroup memory by
 /// each workgroup: k-means codebooks widened from f16; the polynomial
 /// codecs' 16 levels evaluated on the host from the stored coefficients,
@@ -105,7 +105,6 @@ pub struct LutGemv {
     blocks: Vec<Block>,
     pipeline: Arc<Pipeline>,
     workgroup_size: u32,
-    lut_len: u32,
     /// Bytes of levels and scales on the device.
     side_bytes: u64,
 }
@@ -123,10 +122,33 @@ struct Prepared<'e> {
     scale_blocks: usize,
 }
 
-impl LutGemv {
-    /// Output rows each workgroup computes.
-    pub const ROWS_PER_WORKGROUP: usize = ROWS_PER_WORKGROUP;
+/// Rows each workgroup computes (the shader's constant).
+const ROWS: usize = 4;
 
+/// The kernel's chunk (what a thread loads from a row at once): codes and
+/// u32 words, one 16-byte vector (three at 3 bits).
+fn chunk(source: LutSource) -> (usize, u32) {
+    match source.bits() {
+        2 => (64, 4),
+        3 => (128, 12),
+        4 => (32, 4),
+        _ => (16, 4),
+    }
+}
+
+/// Levels staged in workgroup memory: a set per row, or one.
+fn lut_len(source: LutSource) -> u32 {
+    let n = 1u32 << source.bits();
+    if source.per_row() { ROWS as u32 * n } else { n }
+}
+
+/// Workgroup memory of the LUT kernel: a vec4 partial sum a thread and the
+/// staged levels.
+fn lut_shared_bytes(source: LutSource, wg: u32) -> u32 {
+    wg * 16 + lut_len(source) * 4
+}
+
+impl LutGemv {
     /// Checks `encoded` (a `kmeans`, `nf4`, `poly` or `polymse` encoding:
     /// spec, part shapes and types, finite levels and scales) and uploads
     /// it. `name` (the tensor's) labels the buffers and every error about
@@ -141,7 +163,11 @@ impl LutGemv {
             ));
         }
         let source = source_of(&what, encoded)?;
-        let layout = CodeRows::new(&what, source.bits(), cols)?;
+        let mut layout = CodeRows::new(&what, source.bits(), cols)?;
+        // Rows padded to whole chunks.
+        let (chunk_codes, chunk_words) = chunk(source);
+        let chunks = cols.div_ceil(chunk_codes);
+        layout.stride = chunks * chunk_words as usize;
         let p = prepare(&what, encoded, source, &layout)?;
 
         let n_levels = 1usize << source.bits();
@@ -166,13 +192,9 @@ impl LutGemv {
             ));
         }
 
-        let lut_len = if source.per_row() {
-            (ROWS_PER_WORKGROUP * n_levels) as u32
-        } else {
-            n_levels as u32
-        };
-        let wg = workgroup_size(ctx, layout.chunks, |wg| wg * 16 + lut_len * 4);
-        let pipeline = Self::pipeline(ctx, source, lut_len, wg)?;
+        let stride_vec4 = layout.stride / 4;
+        let wg = workgroup_size(ctx, chunks, |wg| lut_shared_bytes(source, wg));
+        let pipeline = Self::pipeline(ctx, source, wg)?;
 
         let mut blocks = Vec::new();
         let mut side_bytes = 0;
@@ -192,8 +214,8 @@ impl LutGemv {
                 bytemuck::cast_slice(levels),
                 wgpu::BufferUsages::STORAGE,
             )?;
-            let scale_words = &p.scales
-                [first * p.scale_stride..(first + block_rows) * p.scale_stride];
+            let scale_words =
+                &p.scales[first * p.scale_stride..(first + block_rows) * p.scale_stride];
             let scales = GpuBuffer::from_bytes(
                 ctx,
                 &format!("{block_name} scales"),
@@ -207,10 +229,10 @@ impl LutGemv {
                 [
                     block_rows as u32,
                     cols as u32,
-                    layout.stride as u32,
+                    stride_vec4 as u32,
                     first as u32,
-                    layout.chunks as u32,
-                    layout.full_chunks as u32,
+                    chunks as u32,
+                    (cols / chunk_codes) as u32,
                     p.scale_blocks as u32,
                     p.scale_stride as u32,
                 ],
@@ -234,17 +256,11 @@ impl LutGemv {
             blocks,
             pipeline,
             workgroup_size: wg,
-            lut_len,
             side_bytes,
         })
     }
 
-    fn pipeline(
-        ctx: &GpuContext,
-        source: LutSource,
-        lut_len: u32,
-        wg: u32,
-    ) -> Result<Arc<Pipeline>> {
+    fn pipeline(ctx: &GpuContext, source: LutSource, wg: u32) -> Result<Arc<Pipeline>> {
         let (block, scale_kind) = match source {
             LutSource::Nf4 { block, scale } => (
                 block as f64,
@@ -270,19 +286,32 @@ impl LutGemv {
                 ("BLOCK", block),
                 ("SCALE_KIND", scale_kind),
                 ("PER_ROW", if source.per_row() { 1.0 } else { 0.0 }),
-                ("LUT_LEN", f64::from(lut_len)),
+                ("LUT_LEN", f64::from(lut_len(source))),
             ],
             bindings: BINDINGS,
         })
     }
 
-    /// Uses `wg` threads per workgroup (a power of two the device allows)
-    /// in dispatches bound from now on, instead of the size chosen from the
-    /// row length: for tuning and benchmarks.
-    pub fn set_workgroup_size(&mut self, ctx: &GpuContext, wg: u32) -> Result<()> {
+    /// Launches the dispatches bound from now on with `launch` instead of
+    /// the shape chosen from the row length: for tuning and benchmarks. Only
+    /// the workgroup size can change: the LUT kernel computes 4 rows a
+    /// workgroup and takes a 16-byte chunk (48 at 3 bits) of a row at once
+    /// (see [`LutGemv::launch`]).
+    pub fn set_launch(&mut self, ctx: &GpuContext, launch: Launch) -> Result<()> {
         let what = format!("LUT GEMV `{}`", self.name);
-        check_workgroup_size(ctx, &what, wg, wg * 16 + self.lut_len * 4)?;
-        self.pipeline = Self::pipeline(ctx, self.source, self.lut_len, wg)?;
+        let fixed = self.launch();
+        if (launch.rows_per_workgroup, launch.unit_words) != (ROWS, fixed.unit_words) {
+            return Err(GpuError::invalid(
+                &what,
+                format!(
+                    "{launch}: this kernel takes {ROWS} rows and {}-word units",
+                    fixed.unit_words
+                ),
+            ));
+        }
+        let wg = launch.workgroup_size;
+        check_launch(ctx, &what, ROWS, wg, lut_shared_bytes(self.source, wg))?;
+        self.pipeline = Self::pipeline(ctx, self.source, wg)?;
         self.workgroup_size = wg;
         Ok(())
     }
@@ -306,7 +335,7 @@ impl LutGemv {
                     y.buffer(),
                 ],
             )?;
-            let workgroups = block.rows.div_ceil(ROWS_PER_WORKGROUP) as u32;
+            let workgroups = block.rows.div_ceil(ROWS) as u32;
             let grid = ctx.grid_1d(&what, workgroups)?;
             dispatch.push(
                 Arc::clone(&self.pipeline),
@@ -344,9 +373,13 @@ impl LutGemv {
         self.source
     }
 
-    /// Threads per workgroup.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
+    /// How the kernel is launched.
+    pub fn launch(&self) -> Launch {
+        Launch {
+            rows_per_workgroup: ROWS,
+            workgroup_size: self.workgroup_size,
+            unit_words: chunk(self.source).1,
+        }
     }
 
     /// Number of weight blocks (1 unless the matrix exceeded a binding limit).
@@ -504,7 +537,10 @@ fn prepare<'e>(
             let p = part(what, e, "coeffs", PartDType::F32, [rows, degree + 1])?;
             let coeffs = values(p);
             check_finite(what, "coeffs", &coeffs)?;
-            prepared.levels = coeffs.chunks_exact(degree + 1).flat_map(poly_levels).collect();
+            prepared.levels = coeffs
+                .chunks_exact(degree + 1)
+                .flat_map(poly_levels)
+                .collect();
             check_finite(what, "coeffs (evaluated levels)", &prepared.levels)?;
         }
         LutSource::Nf4 { block, scale } => {
@@ -531,7 +567,8 @@ fn prepare<'e>(
                         .chunks_exact(blocks)
                         .flat_map(|row| {
                             row.chunks(2).map(|pair| {
-                                u32::from(pair[0]) | u32::from(pair.get(1).copied().unwrap_or(0)) << 16
+                                u32::from(pair[0])
+                                    | u32::from(pair.get(1).copied().unwrap_or(0)) << 16
                             })
                         })
                         .collect();
