@@ -76,9 +76,17 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize)> {
-    let (r, c) = s.split_once(['x', 'X']).with_context(|| format!("shape {s:?} is not ROWSxCOLS"))?;
-    let r: usize = r.trim().parse().with_context(|| format!("shape {s:?}: bad row count"))?;
-    let c: usize = c.trim().parse().with_context(|| format!("shape {s:?}: bad column count"))?;
+    let (r, c) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("shape {s:?} is not ROWSxCOLS"))?;
+    let r: usize = r
+        .trim()
+        .parse()
+        .with_context(|| format!("shape {s:?}: bad row count"))?;
+    let c: usize = c
+        .trim()
+        .parse()
+        .with_context(|| format!("shape {s:?}: bad column count"))?;
     anyhow::ensure!(r > 0 && c > 0, "shape {s:?} is empty");
     Ok((r, c))
 }
@@ -97,18 +105,32 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
         cfg.reps = a.reps.max(1);
     }
     if !a.shapes.is_empty() {
-        cfg.shapes = a.shapes.iter().map(|s| parse_shape(s)).collect::<Result<_>>()?;
+        cfg.shapes = a
+            .shapes
+            .iter()
+            .map(|s| parse_shape(s))
+            .collect::<Result<_>>()?;
     }
     if !a.sparsity.is_empty() {
-        anyhow::ensure!(a.sparsity.iter().all(|s| (0.0..100.0).contains(s)), "--sparsity takes percentages in [0, 100)");
+        anyhow::ensure!(
+            a.sparsity.iter().all(|s| (0.0..100.0).contains(s)),
+            "--sparsity takes percentages in [0, 100)"
+        );
         cfg.sparsities = a.sparsity.iter().map(|s| s / 100.0).collect();
     }
     if !a.weights.is_empty() {
-        cfg.weights = a.weights.iter().map(|w| Weights::parse(w)).collect::<Result<_, _>>()?;
+        cfg.weights = a
+            .weights
+            .iter()
+            .map(|w| Weights::parse(w))
+            .collect::<Result<_, _>>()?;
     }
     let ctx = GpuContext::new()?;
     let info = ctx.adapter();
-    eprintln!("adapter: {} ({:?}, {} {})", info.name, info.backend, info.driver, info.driver_info);
+    eprintln!(
+        "adapter: {} ({:?}, {} {})",
+        info.name, info.backend, info.driver, info.driver_info
+    );
     let bar = std::cell::OnceCell::new();
     let mut last = 0;
     let report = kernels::run(&ctx, &cfg, a.peak_gbps, &mut |done, total, _| {
@@ -124,7 +146,17 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
 
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    t.set_header(["shape", "weights", "sparsity", "mask", "median µs", "bytes read", "GB/s", "% peak", "× dense f16"]);
+    t.set_header([
+        "shape",
+        "weights",
+        "sparsity",
+        "mask",
+        "median µs",
+        "bytes read",
+        "GB/s",
+        "% peak",
+        "× dense f16",
+    ]);
     for r in &report.rows {
         t.add_row([
             format!("{}×{}", r.rows, r.cols),
@@ -134,8 +166,10 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
             format!("{:.2}", r.median_us),
             crate::inspect::human_bytes(r.bytes_read),
             format!("{:.1}", r.gbps),
-            r.peak_fraction.map_or_else(|| "-".into(), |f| format!("{:.1}", f * 100.0)),
-            r.speedup_vs_dense_f16.map_or_else(|| "-".into(), |s| format!("{s:.2}")),
+            r.peak_fraction
+                .map_or_else(|| "-".into(), |f| format!("{:.1}", f * 100.0)),
+            r.speedup_vs_dense_f16
+                .map_or_else(|| "-".into(), |s| format!("{s:.2}")),
         ]);
     }
     for col in 2..9 {
@@ -146,7 +180,10 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
     println!("{t}");
     match (report.peak_gbps, &report.peak_source) {
         (Some(p), Some(src)) => println!("peak: {p} GB/s ({src}); timing: {}", report.timing),
-        _ => println!("peak: unknown for this adapter (pass --peak-gbps); timing: {}", report.timing),
+        _ => println!(
+            "peak: unknown for this adapter (pass --peak-gbps); timing: {}",
+            report.timing
+        ),
     }
     if let Some(path) = a.json {
         let text = serde_json::to_string_pretty(&report)?;

@@ -20,15 +20,24 @@ fn model(name: &str) -> Option<PathBuf> {
         fixture => registry::fixture(fixture).map(|(m, _)| m),
     };
     if found.is_none() {
-        assert!(!required(), "{name} is missing and MEMBOUND_REQUIRE_MODELS=1");
+        assert!(
+            !required(),
+            "{name} is missing and MEMBOUND_REQUIRE_MODELS=1"
+        );
         eprintln!("SKIPPED: {name} is missing (run `membound models fetch`)");
     }
     found
 }
 
 fn membound(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_membound")).args(args).output().unwrap();
-    let (o, e) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let out = Command::new(env!("CARGO_BIN_EXE_membound"))
+        .args(args)
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     (out.status.code().unwrap_or(-1), o, e)
 }
 
@@ -39,7 +48,12 @@ fn inspect_json(path: &Path) -> Value {
 }
 
 fn tensor<'a>(json: &'a Value, name: &str) -> &'a Value {
-    json["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("no {name}"))
+    json["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}"))
 }
 
 /// Mean and population std in f64, two-pass: the reference for the CLI's
@@ -47,7 +61,11 @@ fn tensor<'a>(json: &'a Value, name: &str) -> &'a Value {
 fn mean_std(v: &[f32]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n;
+    let var = v
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum::<f64>()
+        / n;
     (mean, var.sqrt())
 }
 
@@ -57,7 +75,10 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn inspect_llama2c_fixtures() {
-    for (name, dim, vocab, n) in [("llama2xs-280K", 64usize, 512usize, 279_232u64), ("babyllama105", 128, 105, 936_448)] {
+    for (name, dim, vocab, n) in [
+        ("llama2xs-280K", 64usize, 512usize, 279_232u64),
+        ("babyllama105", 128, 105, 936_448),
+    ] {
         let Some(path) = model(name) else { continue };
         let j = inspect_json(&path);
         assert_eq!(j["format"], "llama2c");
@@ -67,9 +88,16 @@ fn inspect_llama2c_fixtures() {
         assert_eq!(emb["shape"], serde_json::json!([vocab, dim]));
         // Independent statistics straight from the file's bytes.
         let raw = std::fs::read(&path).unwrap();
-        let vals: Vec<f32> = raw[28..28 + vocab * dim * 4].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let vals: Vec<f32> = raw[28..28 + vocab * dim * 4]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         let (mean, std) = mean_std(&vals);
-        assert!(close(emb["mean"].as_f64().unwrap(), mean), "{} vs {mean}", emb["mean"]);
+        assert!(
+            close(emb["mean"].as_f64().unwrap(), mean),
+            "{} vs {mean}",
+            emb["mean"]
+        );
         assert!(close(emb["std"].as_f64().unwrap(), std));
         assert!(emb["excess_kurtosis"].as_f64().unwrap().is_finite());
     }
@@ -84,7 +112,11 @@ fn inspect_minilm() {
     let w = tensor(&j, "encoder.layer.0.attention.self.query.weight");
     assert_eq!(w["shape"], serde_json::json!([384, 384]));
     let f = SafetensorsFile::open(&path).unwrap();
-    let v = f.tensor("encoder.layer.0.attention.self.query.weight").unwrap().to_f32().unwrap();
+    let v = f
+        .tensor("encoder.layer.0.attention.self.query.weight")
+        .unwrap()
+        .to_f32()
+        .unwrap();
     let (mean, std) = mean_std(&v);
     assert!(close(w["mean"].as_f64().unwrap(), mean));
     assert!(close(w["std"].as_f64().unwrap(), std));
@@ -104,20 +136,39 @@ fn inspect_smollm2_summary_and_stats() {
     assert_eq!(j["tensors"].as_array().unwrap().len(), 272);
     // Means against the gguf-py reference sums (scripts/gen_smollm2_refs.py).
     let refs: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../membound-tensor/tests/data/smollm2_f32_sha256.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../membound-tensor/tests/data/smollm2_f32_sha256.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
-    for name in ["token_embd.weight", "blk.0.attn_q.weight", "blk.29.ffn_down.weight", "output_norm.weight"] {
+    for name in [
+        "token_embd.weight",
+        "blk.0.attn_q.weight",
+        "blk.29.ffn_down.weight",
+        "output_norm.weight",
+    ] {
         let t = tensor(&j, name);
-        let n: u64 = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product();
+        let n: u64 = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .product();
         let want = refs[name]["sum"].as_f64().unwrap() / n as f64;
         let got = t["mean"].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-6 * want.abs().max(1e-3), "{name}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1e-3),
+            "{name}: {got} vs {want}"
+        );
     }
     // The table form names the same facts.
     let (code, out, _) = membound(&["inspect", path.to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert!(out.contains("blk.0.attn_q.weight") && out.contains("Q4_1") && out.contains("[576, 576]"));
+    assert!(
+        out.contains("blk.0.attn_q.weight") && out.contains("Q4_1") && out.contains("[576, 576]")
+    );
 }
 
 /// `membound convert` of SmolLM2 writes, for every tensor, exactly the f32
@@ -126,23 +177,44 @@ fn inspect_smollm2_summary_and_stats() {
 fn convert_smollm2_matches_ggml_dequantization() {
     let Some(path) = model("smollm2") else { return };
     let refs: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../membound-tensor/tests/data/smollm2_f32_sha256.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../membound-tensor/tests/data/smollm2_f32_sha256.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("smollm2.safetensors");
-    let (code, _, err) = membound(&["convert", path.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let (code, _, err) = membound(&[
+        "convert",
+        path.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let f = SafetensorsFile::open(&out).unwrap();
     let tensors = f.tensors();
     assert_eq!(tensors.len(), 272);
     for t in tensors {
         assert_eq!(t.dtype(), DType::F32);
-        let digest: String = Sha256::digest(t.data()).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(digest, refs[t.name()]["sha256"].as_str().unwrap(), "{}", t.name());
+        let digest: String = Sha256::digest(t.data())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            digest,
+            refs[t.name()]["sha256"].as_str().unwrap(),
+            "{}",
+            t.name()
+        );
     }
     let meta = f.string_metadata();
-    let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        meta.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(get("general.architecture"), Some("llama"));
     assert_eq!(get("membound.source_format"), Some("GGUF"));
     assert_eq!(get("llama.block_count"), Some("30"));
@@ -150,10 +222,19 @@ fn convert_smollm2_matches_ggml_dequantization() {
 
 #[test]
 fn convert_llama2c_to_f16_with_hf_names() {
-    let Some(path) = model("llama2xs-280K") else { return };
+    let Some(path) = model("llama2xs-280K") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("xs.safetensors");
-    let (code, _, err) = membound(&["convert", path.to_str().unwrap(), "-o", out.to_str().unwrap(), "--dtype", "f16"]);
+    let (code, _, err) = membound(&[
+        "convert",
+        path.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--dtype",
+        "f16",
+    ]);
     assert_eq!(code, 0, "{err}");
     let src = membound_tensor::open(&path).unwrap();
     let f = SafetensorsFile::open(&out).unwrap();
@@ -162,11 +243,19 @@ fn convert_llama2c_to_f16_with_hf_names() {
         let c = f.tensor(t.name()).unwrap();
         assert_eq!(c.dtype(), DType::F16);
         assert_eq!(c.shape(), t.shape());
-        let want: Vec<u8> = t.to_f32().unwrap().iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        let want: Vec<u8> = t
+            .to_f32()
+            .unwrap()
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect();
         assert_eq!(c.data(), &want[..], "{}", t.name());
     }
     let meta = f.string_metadata();
-    assert!(meta.iter().any(|(k, v)| k == "rope.layout" && v == "interleaved"));
+    assert!(
+        meta.iter()
+            .any(|(k, v)| k == "rope.layout" && v == "interleaved")
+    );
 }
 
 #[test]
@@ -176,7 +265,10 @@ fn help_teaches() {
     assert!(out.contains("Examples:") && out.contains("--json"));
     let (code, out, _) = membound(&["convert", "--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("--dtype") && out.contains("renamed into place"), "{out}");
+    assert!(
+        out.contains("--dtype") && out.contains("renamed into place"),
+        "{out}"
+    );
 }
 
 /// `bench kernels --quick` runs on whatever adapter exists (llvmpipe in CI)
@@ -189,14 +281,26 @@ fn bench_kernels_quick_json() {
     }
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let (code, out, err) = membound(&["bench", "kernels", "--quick", "--shapes", "64x96", "--json", json.to_str().unwrap()]);
+    let (code, out, err) = membound(&[
+        "bench",
+        "kernels",
+        "--quick",
+        "--shapes",
+        "64x96",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("× dense f16"), "{out}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = r["rows"].as_array().unwrap();
     assert!(!rows.is_empty());
     for row in rows {
-        let (us, bytes, gbps) = (row["median_us"].as_f64().unwrap(), row["bytes_read"].as_f64().unwrap(), row["gbps"].as_f64().unwrap());
+        let (us, bytes, gbps) = (
+            row["median_us"].as_f64().unwrap(),
+            row["bytes_read"].as_f64().unwrap(),
+            row["gbps"].as_f64().unwrap(),
+        );
         assert!(us > 0.0 && bytes > 0.0);
         assert!((bytes / (us * 1e-6) / 1e9 - gbps).abs() <= 1e-6 * gbps);
     }

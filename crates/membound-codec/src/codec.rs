@@ -19,7 +19,11 @@ impl<'a> Matrix<'a> {
         if rows.checked_mul(cols) != Some(data.len()) {
             return Err(Error::Input {
                 codec: "matrix".into(),
-                problem: format!("{rows}×{cols} needs {} values, got {}", rows.saturating_mul(cols), data.len()),
+                problem: format!(
+                    "{rows}×{cols} needs {} values, got {}",
+                    rows.saturating_mul(cols),
+                    data.len()
+                ),
             });
         }
         Ok(Self { rows, cols, data })
@@ -114,16 +118,23 @@ impl Encoded {
     /// information included.
     pub fn bits_per_weight(&self) -> f64 {
         let n = self.rows * self.cols;
-        if n == 0 { 0.0 } else { self.bytes() as f64 * 8.0 / n as f64 }
+        if n == 0 {
+            0.0
+        } else {
+            self.bytes() as f64 * 8.0 / n as f64
+        }
     }
 
     /// The part called `name`.
     pub fn part(&self, name: &str) -> Result<&Part> {
-        self.parts.iter().find(|p| p.name == name).ok_or_else(|| Error::Encoded {
-            codec: self.spec.clone(),
-            part: name.into(),
-            problem: "missing".into(),
-        })
+        self.parts
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::Encoded {
+                codec: self.spec.clone(),
+                part: name.into(),
+                problem: "missing".into(),
+            })
     }
 }
 

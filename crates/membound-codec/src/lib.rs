@@ -34,7 +34,19 @@ pub use nf4::{NF4_LEVELS, Nf4Codec};
 pub use spec::Spec;
 
 /// The codec names [`codec_from_spec`] accepts.
-pub const CODEC_NAMES: &[&str] = &["affine", "absmax", "nf4", "kmeans", "vq", "poly", "polymse", "positional", "svd", "dct", "kron"];
+pub const CODEC_NAMES: &[&str] = &[
+    "affine",
+    "absmax",
+    "nf4",
+    "kmeans",
+    "vq",
+    "poly",
+    "polymse",
+    "positional",
+    "svd",
+    "dct",
+    "kron",
+];
 
 /// Builds the codec a spec names.
 pub fn codec_from_spec(text: &str) -> Result<Box<dyn Codec>> {

@@ -18,7 +18,10 @@ pub struct Spec {
 impl Spec {
     /// Parses `name` or `name:key=value,...`.
     pub fn parse(text: &str) -> Result<Self> {
-        let err = |problem: String| Error::Spec { spec: text.into(), problem };
+        let err = |problem: String| Error::Spec {
+            spec: text.into(),
+            problem,
+        };
         let (name, rest) = text.split_once(':').unwrap_or((text, ""));
         let name = name.trim().to_ascii_lowercase();
         if name.is_empty() {
@@ -26,13 +29,19 @@ impl Spec {
         }
         let mut params = BTreeMap::new();
         for kv in rest.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(|| err(format!("{kv:?} is not key=value")))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| err(format!("{kv:?} is not key=value")))?;
             let k = k.trim().to_ascii_lowercase();
             if params.insert(k.clone(), v.trim().to_string()).is_some() {
                 return Err(err(format!("{k} is given twice")));
             }
         }
-        Ok(Self { text: text.into(), name, params })
+        Ok(Self {
+            text: text.into(),
+            name,
+            params,
+        })
     }
 
     /// Takes setting `key`, parsed, or `default` if absent.
@@ -52,7 +61,11 @@ impl Spec {
             None => Ok(()),
             Some(k) => Err(Error::Spec {
                 spec: self.text.clone(),
-                problem: format!("unknown setting {k:?} for {}; accepted: {}", self.name, accepted.join(", ")),
+                problem: format!(
+                    "unknown setting {k:?} for {}; accepted: {}",
+                    self.name,
+                    accepted.join(", ")
+                ),
             }),
         }
     }

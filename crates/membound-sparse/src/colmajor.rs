@@ -17,14 +17,23 @@ pub fn gemv(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> Result<Vec<f32>> 
     Ok((0..rows)
         .map(|r| {
             let row = &w[r * cols..(r + 1) * cols];
-            row.iter().zip(x).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() as f32
+            row.iter()
+                .zip(x)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum::<f64>() as f32
         })
         .collect())
 }
 
 /// y = Σ_{j ∈ active} x_j · W[:, j] with `w_cm` column-major (`cols` columns
 /// of `rows` values each).
-pub fn sparse_gemv_f32(w_cm: &[f32], rows: usize, cols: usize, x: &[f32], active: &[u32]) -> Result<Vec<f32>> {
+pub fn sparse_gemv_f32(
+    w_cm: &[f32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    active: &[u32],
+) -> Result<Vec<f32>> {
     check_len("weights", rows * cols, w_cm.len())?;
     check_len("input", cols, x.len())?;
     sparse_accumulate(rows, cols, x, active, |j, acc| {
@@ -43,7 +52,9 @@ fn sparse_accumulate(
 ) -> Result<Vec<f32>> {
     check_len("input", cols, x.len())?;
     if let Some(&j) = active.iter().find(|&&j| j as usize >= cols) {
-        return Err(crate::Error::Invalid(format!("active index {j} is out of range for {cols} columns")));
+        return Err(crate::Error::Invalid(format!(
+            "active index {j} is out of range for {cols} columns"
+        )));
     }
     let mut acc = vec![0f64; rows];
     for &j in active {
@@ -100,7 +111,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -124,11 +137,18 @@ mod tests {
             for target in [0.0, 0.5, 0.99, 1.0] {
                 let tau = threshold_for_sparsity(&x, target).unwrap();
                 let active = active_indices(&x, tau);
-                let masked: Vec<f32> = x.iter().map(|&v| if v.abs() > tau { v } else { 0.0 }).collect();
+                let masked: Vec<f32> = x
+                    .iter()
+                    .map(|&v| if v.abs() > tau { v } else { 0.0 })
+                    .collect();
                 let dense = gemv(&w, rows, cols, &masked).unwrap();
-                let sparse = sparse_gemv_f32(&transpose(&w, rows, cols), rows, cols, &x, &active).unwrap();
+                let sparse =
+                    sparse_gemv_f32(&transpose(&w, rows, cols), rows, cols, &x, &active).unwrap();
                 for (a, b) in dense.iter().zip(&sparse) {
-                    assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "{rows}x{cols} {target}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-6 * (1.0 + a.abs()),
+                        "{rows}x{cols} {target}: {a} vs {b}"
+                    );
                 }
                 let h = ColMajorF16::from_row_major(&w, rows, cols).unwrap();
                 let wh: Vec<f32> = w.iter().map(|&v| f16::from_f32(v).to_f32()).collect();

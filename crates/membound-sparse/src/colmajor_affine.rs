@@ -33,7 +33,9 @@ impl ColMajorAffine4 {
     /// Encodes row-major `w` (`rows × cols`, finite, within f16's range)
     /// column by column with groups of `group` outputs (32, 64 or 128).
     pub fn from_row_major(w: &[f32], rows: usize, cols: usize, group: usize) -> Result<Self> {
-        let size = rows.checked_mul(cols).ok_or_else(|| Error::Invalid(format!("{rows}×{cols} is too large")))?;
+        let size = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::Invalid(format!("{rows}×{cols} is too large")))?;
         check_len("weights", size, w.len())?;
         let codec = codec(group)?;
         let mut wt = vec![0f32; size];
@@ -58,7 +60,13 @@ impl ColMajorAffine4 {
             )));
         }
         let decoded = codec.decode(&encoded).map_err(codec_error)?;
-        Ok(Self { rows, cols, codec, encoded, decoded })
+        Ok(Self {
+            rows,
+            cols,
+            codec,
+            encoded,
+            decoded,
+        })
     }
 
     /// Output features (rows of W).
@@ -113,7 +121,9 @@ impl ColMajorAffine4 {
 
 fn codec(group: usize) -> Result<AffineCodec> {
     if !AFFINE4_GROUP_SIZES.contains(&group) {
-        return Err(Error::Invalid(format!("4-bit affine group {group} is not one of {AFFINE4_GROUP_SIZES:?}")));
+        return Err(Error::Invalid(format!(
+            "4-bit affine group {group} is not one of {AFFINE4_GROUP_SIZES:?}"
+        )));
     }
     AffineCodec::new(4, Group::Size(group), ScaleDType::F16).map_err(codec_error)
 }
@@ -131,7 +141,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -139,7 +151,13 @@ mod tests {
 
     #[test]
     fn sparse_equals_dense_over_decoded_weights() {
-        for (rows, cols, group) in [(1, 1, 32), (7, 13, 64), (130, 33, 64), (1, 100, 128), (300, 1, 128)] {
+        for (rows, cols, group) in [
+            (1, 1, 32),
+            (7, 13, 64),
+            (130, 33, 64),
+            (1, 100, 128),
+            (300, 1, 128),
+        ] {
             let w = lcg(rows * cols, 1);
             let x = lcg(cols, 2);
             let m = ColMajorAffine4::from_row_major(&w, rows, cols, group).unwrap();
@@ -149,17 +167,26 @@ mod tests {
                 for (r, &v) in m.column(c).iter().enumerate() {
                     dense[r * cols + c] = v;
                     // 4-bit steps of a range within [-1, 1): error under 2/15.
-                    assert!((v - w[r * cols + c]).abs() <= 2.0 / 15.0, "{rows}x{cols} ({r}, {c})");
+                    assert!(
+                        (v - w[r * cols + c]).abs() <= 2.0 / 15.0,
+                        "{rows}x{cols} ({r}, {c})"
+                    );
                 }
             }
             for target in [0.0, 0.5, 0.99, 1.0] {
                 let tau = threshold_for_sparsity(&x, target).unwrap();
                 let active = active_indices(&x, tau);
-                let masked: Vec<f32> = x.iter().map(|&v| if v.abs() > tau { v } else { 0.0 }).collect();
+                let masked: Vec<f32> = x
+                    .iter()
+                    .map(|&v| if v.abs() > tau { v } else { 0.0 })
+                    .collect();
                 let want = gemv(&dense, rows, cols, &masked).unwrap();
                 let got = m.sparse_gemv(&x, &active).unwrap();
                 for (a, b) in want.iter().zip(&got) {
-                    assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "{rows}x{cols} {target}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-6 * (1.0 + a.abs()),
+                        "{rows}x{cols} {target}: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -173,7 +200,11 @@ mod tests {
         let (rows, cols) = (128, 2);
         let mut w = vec![0f32; rows * cols];
         for r in 0..rows {
-            w[r * cols] = if r < 64 { r as f32 / 63.0 } else { (r as f32 - 96.0) * 3.0 };
+            w[r * cols] = if r < 64 {
+                r as f32 / 63.0
+            } else {
+                (r as f32 - 96.0) * 3.0
+            };
             w[r * cols + 1] = 0.25;
         }
         let m = ColMajorAffine4::from_row_major(&w, rows, cols, 64).unwrap();

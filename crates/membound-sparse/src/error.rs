@@ -33,12 +33,24 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found { Ok(()) } else { Err(Error::Shape { what, expected, found }) }
+    if expected == found {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            what,
+            expected,
+            found,
+        })
+    }
 }
 
 pub(crate) fn check_finite(what: &'static str, v: &[f32]) -> Result<()> {
     match v.iter().position(|x| !x.is_finite()) {
         None => Ok(()),
-        Some(index) => Err(Error::NonFinite { what, index, value: v[index] }),
+        Some(index) => Err(Error::NonFinite {
+            what,
+            index,
+            value: v[index],
+        }),
     }
 }

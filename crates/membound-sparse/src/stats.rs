@@ -54,7 +54,10 @@ impl SparsityStats {
 
     /// Adds one activation vector.
     pub fn push(&mut self, x: &[f32]) {
-        let vmax = x.iter().filter(|v| v.is_finite()).fold(0f32, |m, v| m.max(v.abs()));
+        let vmax = x
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0f32, |m, v| m.max(v.abs()));
         self.max_abs = self.max_abs.max(vmax);
         let bins = self.log10_hist.len();
         for &v in x {
@@ -100,7 +103,11 @@ impl SparsityStats {
     }
 
     fn share(&self, c: u64) -> f64 {
-        if self.count == 0 { 0.0 } else { c as f64 / self.count as f64 }
+        if self.count == 0 {
+            0.0
+        } else {
+            c as f64 / self.count as f64
+        }
     }
 }
 

@@ -12,7 +12,9 @@ use crate::{Error, Result};
 /// lossless.
 pub fn threshold_for_sparsity(values: &[f32], target: f64) -> Result<f32> {
     if !(0.0..=1.0).contains(&target) {
-        return Err(Error::Invalid(format!("target sparsity {target} is outside [0, 1]")));
+        return Err(Error::Invalid(format!(
+            "target sparsity {target} is outside [0, 1]"
+        )));
     }
     check_finite("activations", values)?;
     let k = (target * values.len() as f64).floor() as usize;
@@ -26,7 +28,11 @@ pub fn threshold_for_sparsity(values: &[f32], target: f64) -> Result<f32> {
 
 /// Indices `j` with `|x[j]| > tau`, in increasing order.
 pub fn active_indices(x: &[f32], tau: f32) -> Vec<u32> {
-    x.iter().enumerate().filter(|(_, v)| v.abs() > tau).map(|(j, _)| j as u32).collect()
+    x.iter()
+        .enumerate()
+        .filter(|(_, v)| v.abs() > tau)
+        .map(|(j, _)| j as u32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -35,7 +41,9 @@ mod tests {
 
     #[test]
     fn hits_target_on_distinct_values() {
-        let x: Vec<f32> = (0..1000).map(|i| if i % 2 == 0 { i as f32 } else { -(i as f32) }).collect();
+        let x: Vec<f32> = (0..1000)
+            .map(|i| if i % 2 == 0 { i as f32 } else { -(i as f32) })
+            .collect();
         for target in [0.0, 0.25, 0.5, 0.7, 0.9, 1.0] {
             let tau = threshold_for_sparsity(&x, target).unwrap();
             let active = active_indices(&x, tau).len();
@@ -53,7 +61,10 @@ mod tests {
         assert_eq!(tau, 1.0);
         assert_eq!(active_indices(&x, tau), [5]);
         assert!(threshold_for_sparsity(&x, 1.5).is_err());
-        assert!(matches!(threshold_for_sparsity(&[1.0, f32::NAN], 0.5), Err(Error::NonFinite { index: 1, .. })));
+        assert!(matches!(
+            threshold_for_sparsity(&[1.0, f32::NAN], 0.5),
+            Err(Error::NonFinite { index: 1, .. })
+        ));
         assert_eq!(threshold_for_sparsity(&[], 0.5).unwrap(), 0.0);
     }
 }

@@ -279,7 +279,11 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
                 path,
                 what(),
                 if n % ty.block_size() as u64 != 0 {
-                    format!("{n} elements are not a whole number of {}-element {} blocks", ty.block_size(), ty.name())
+                    format!(
+                        "{n} elements are not a whole number of {}-element {} blocks",
+                        ty.block_size(),
+                        ty.name()
+                    )
                 } else {
                     format!("{n} elements of {} overflow the byte size", ty.name())
                 },

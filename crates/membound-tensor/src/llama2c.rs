@@ -114,10 +114,21 @@ impl Llama2cConfig {
     /// The exact size in bytes of a checkpoint with this header, or `None`
     /// if it overflows.
     pub fn file_size(&self) -> Option<u64> {
-        let [d, h, l, v, kv] = [self.dim, self.hidden_dim, self.n_layers, self.vocab_size, self.kv_dim()].map(|x| x as u64);
+        let [d, h, l, v, kv] = [
+            self.dim,
+            self.hidden_dim,
+            self.n_layers,
+            self.vocab_size,
+            self.kv_dim(),
+        ]
+        .map(|x| x as u64);
         let rope = (self.seq_len as u64).checked_mul(self.head_size() as u64)?; // real + imag halves
         let per_layer = d.checked_mul(2 + 2 * d + 2 * kv + 3 * h)?; // 2 norms, q, o, k, v, w1-w3
-        let classifier = if self.shared_classifier { 0 } else { v.checked_mul(d)? };
+        let classifier = if self.shared_classifier {
+            0
+        } else {
+            v.checked_mul(d)?
+        };
         let floats = v
             .checked_mul(d)?
             .checked_add(l.checked_mul(per_layer)?)?
@@ -232,7 +243,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
     // Runs of tensors in file order: (name, or a per-layer suffix; copies; shape).
     // There are a dozen runs whatever the header claims, so nothing here
     // grows with n_layers until the sizes are known to match the file.
-    let mut runs: Vec<(&str, bool, Vec<usize>)> = vec![("model.embed_tokens.weight", false, vec![v, d])];
+    let mut runs: Vec<(&str, bool, Vec<usize>)> =
+        vec![("model.embed_tokens.weight", false, vec![v, d])];
     for (suffix, shape) in [
         ("input_layernorm.weight", vec![d]),
         ("self_attn.q_proj.weight", vec![d, d]),
@@ -267,15 +279,29 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
     let len = bytes.len() as u64;
     let mut offset = HEADER_BYTES as u64;
     for (run, per_layer, shape) in &runs {
-        let one = shape.iter().try_fold(4u64, |acc, &x| acc.checked_mul(x as u64));
+        let one = shape
+            .iter()
+            .try_fold(4u64, |acc, &x| acc.checked_mul(x as u64));
         let copies = if *per_layer { l as u64 } else { 1 };
-        let Some((one, end)) = one.and_then(|one| Some((one, offset.checked_add(one.checked_mul(copies)?)?))) else {
+        let Some((one, end)) =
+            one.and_then(|one| Some((one, offset.checked_add(one.checked_mul(copies)?)?)))
+        else {
             return Err(Error::malformed(path, "header", "tensor sizes overflow"));
         };
         if end > len {
-            let layer = if one == 0 { 0 } else { ((len - offset) / one) as usize };
+            let layer = if one == 0 {
+                0
+            } else {
+                ((len - offset) / one) as usize
+            };
             let start = offset + layer as u64 * one;
-            return Err(Error::Truncated { path: path.into(), what: name_of(run, *per_layer, layer), start, end: start + one, len });
+            return Err(Error::Truncated {
+                path: path.into(),
+                what: name_of(run, *per_layer, layer),
+                start,
+                end: start + one,
+                len,
+            });
         }
         offset = end;
     }
@@ -296,8 +322,17 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
         let one = 4 * shape.iter().product::<usize>();
         for layer in 0..if per_layer { l } else { 1 } {
             if !run.is_empty() {
-                let name = if per_layer { format!("model.layers.{layer}.{run}") } else { run.to_string() };
-                tensors.push(TensorEntry { name, dtype: DType::F32, shape: shape.clone(), range: offset..offset + one });
+                let name = if per_layer {
+                    format!("model.layers.{layer}.{run}")
+                } else {
+                    run.to_string()
+                };
+                tensors.push(TensorEntry {
+                    name,
+                    dtype: DType::F32,
+                    shape: shape.clone(),
+                    range: offset..offset + one,
+                });
             }
             offset += one;
         }

@@ -109,7 +109,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
 
 fn map_error(path: &Path, bytes: &[u8], e: SafeTensorError) -> Error {
     let header = "header";
-    if matches!(e, SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow) {
+    if matches!(
+        e,
+        SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow
+    ) {
         if let Some((tensor, problem)) = inconsistent_tensor(bytes) {
             return Error::malformed(path, format!("tensor {tensor:?}"), problem);
         }
@@ -187,11 +190,21 @@ fn header_json(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value
 
 /// The tensor whose dtype the `safetensors` crate did not know, and that dtype.
 fn unknown_dtype(bytes: &[u8]) -> Option<(String, String)> {
-    header_json(bytes)?.into_iter().filter(|(k, _)| k != "__metadata__").find_map(|(name, info)| {
-        let dtype = info.get("dtype")?.clone();
-        let known = serde_json::from_value::<Dtype>(dtype.clone()).is_ok();
-        (!known).then(|| (name, dtype.as_str().map_or_else(|| dtype.to_string(), str::to_string)))
-    })
+    header_json(bytes)?
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .find_map(|(name, info)| {
+            let dtype = info.get("dtype")?.clone();
+            let known = serde_json::from_value::<Dtype>(dtype.clone()).is_ok();
+            (!known).then(|| {
+                (
+                    name,
+                    dtype
+                        .as_str()
+                        .map_or_else(|| dtype.to_string(), str::to_string),
+                )
+            })
+        })
 }
 
 /// The first tensor whose shape overflows or disagrees with its offsets,

@@ -51,23 +51,43 @@ fn llama2xs_greedy_matches_reference() {
 #[test]
 fn smollm2_greedy_matches_reference() {
     let Some(path) = registry::SMOLLM2.locate() else {
-        assert!(std::env::var("MEMBOUND_REQUIRE_MODELS").as_deref() != Ok("1"), "smollm2 missing");
+        assert!(
+            std::env::var("MEMBOUND_REQUIRE_MODELS").as_deref() != Ok("1"),
+            "smollm2 missing"
+        );
         eprintln!("SKIPPED: smollm2 not fetched (membound models fetch)");
         return;
     };
     let src = open(&path).unwrap();
     let cfg = LlamaConfig::from_source(src.as_ref()).unwrap();
-    assert_eq!((cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size), (30, 576, 9, 3, 49152));
+    assert_eq!(
+        (
+            cfg.n_layers,
+            cfg.dim,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.vocab_size
+        ),
+        (30, 576, 9, 3, 49152)
+    );
     assert_eq!(cfg.rope_theta, 100_000.0);
     let w = LlamaWeights::load(src.as_ref(), &cfg).unwrap();
-    assert!(w.classifier.is_none(), "SmolLM2 ties its classifier to the embedding");
+    assert!(
+        w.classifier.is_none(),
+        "SmolLM2 ties its classifier to the embedding"
+    );
     let mut m = CpuLlama::new(cfg, w);
     let want = [29, 1195, 29, 6693, 29, 271, 29, 81, 29, 6693, 29, 1141];
     let mut tok = 1u32;
     let mut got = Vec::new();
     for pos in 0..want.len() {
         let logits = m.forward(tok, pos).unwrap();
-        tok = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        tok = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
         got.push(tok);
     }
     assert_eq!(got, want);

@@ -9,7 +9,10 @@
 use std::time::Duration;
 
 use membound_codec::{AffineCodec, Codec, Encoded, Group, Matrix, ScaleDType};
-use membound_gpu::{AffineGemv, DenseGemv, Dispatch, GpuContext, GpuVector, LutGemv, SparseGemv, TimingMethod, WeightDType};
+use membound_gpu::{
+    AffineGemv, DenseGemv, Dispatch, GpuContext, GpuVector, LutGemv, SparseGemv, TimingMethod,
+    WeightDType,
+};
 use membound_sparse::{ColMajorAffine4, ColMajorF16, threshold_for_sparsity};
 use serde::Serialize;
 
@@ -79,7 +82,10 @@ impl Weights {
             "nf4" => Weights::Nf4,
             "sparse-f16" => Weights::SparseF16,
             "sparse-affine4" => Weights::SparseAffine4 { group },
-            b if b.starts_with("affine") => Weights::Affine { bits: b["affine".len()..].parse().map_err(|_| bad(s))?, group },
+            b if b.starts_with("affine") => Weights::Affine {
+                bits: b["affine".len()..].parse().map_err(|_| bad(s))?,
+                group,
+            },
             _ => return Err(bad(s)),
         })
     }
@@ -191,7 +197,13 @@ pub struct Report {
 
 /// A kernel bound to one copy of its weights.
 trait BenchKernel {
-    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, tau: f32, y: &GpuVector) -> Result<Dispatch>;
+    fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        tau: f32,
+        y: &GpuVector,
+    ) -> Result<Dispatch>;
     fn weight_bytes(&self) -> u64;
     /// Bytes one call reads with `active` of the inputs active.
     fn bytes_read(&self, active: usize) -> u64;
@@ -234,7 +246,13 @@ impl BenchKernel for LutGemv {
 }
 
 impl BenchKernel for SparseGemv {
-    fn dispatch(&self, ctx: &GpuContext, x: &GpuVector, tau: f32, y: &GpuVector) -> Result<Dispatch> {
+    fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        tau: f32,
+        y: &GpuVector,
+    ) -> Result<Dispatch> {
         Ok(self.bind(ctx, x, tau, y)?)
     }
     fn weight_bytes(&self) -> u64 {
@@ -258,7 +276,10 @@ fn unit(k: u64) -> f32 {
 /// Roughly Gaussian (Irwin–Hall of four hashes), unit variance.
 fn gauss(k: u64) -> f32 {
     // Each hash is uniform on [-1, 1) with variance 1/3; four sum to variance 4/3.
-    (0..4).map(|i| unit(k.wrapping_mul(4).wrapping_add(i))).sum::<f32>() * (3.0f32 / 4.0).sqrt()
+    (0..4)
+        .map(|i| unit(k.wrapping_mul(4).wrapping_add(i)))
+        .sum::<f32>()
+        * (3.0f32 / 4.0).sqrt()
 }
 
 /// The input vector and threshold of a case.
@@ -276,7 +297,8 @@ fn input(cols: usize, sparsity: f64, mask: &str) -> Result<(Vec<f32>, f32)> {
                     a / (1.0 + (-a).exp()) * b
                 })
                 .collect();
-            let tau = threshold_for_sparsity(&x, sparsity).map_err(|e| Error::Request(e.to_string()))?;
+            let tau =
+                threshold_for_sparsity(&x, sparsity).map_err(|e| Error::Request(e.to_string()))?;
             Ok((x, tau))
         }
         _ => {
@@ -311,14 +333,25 @@ fn prepare(w: Weights, rows: usize, cols: usize, data: &[f32]) -> Result<Prepare
             Prepared::Affine(codec, e)
         }
         Weights::Nf4 => Prepared::Lut(membound_codec::codec_from_spec("nf4:block=64")?.encode(m)?),
-        Weights::SparseF16 => Prepared::SparseF16(ColMajorF16::from_row_major(data, rows, cols).map_err(|e| Error::Request(e.to_string()))?),
+        Weights::SparseF16 => Prepared::SparseF16(
+            ColMajorF16::from_row_major(data, rows, cols)
+                .map_err(|e| Error::Request(e.to_string()))?,
+        ),
         Weights::SparseAffine4 { group } => Prepared::SparseAffine4(
-            ColMajorAffine4::from_row_major(data, rows, cols, group).map_err(|e| Error::Request(e.to_string()))?,
+            ColMajorAffine4::from_row_major(data, rows, cols, group)
+                .map_err(|e| Error::Request(e.to_string()))?,
         ),
     })
 }
 
-fn upload(ctx: &GpuContext, p: &Prepared, rows: usize, cols: usize, data: &[f32], name: &str) -> Result<Box<dyn BenchKernel>> {
+fn upload(
+    ctx: &GpuContext,
+    p: &Prepared,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+    name: &str,
+) -> Result<Box<dyn BenchKernel>> {
     Ok(match p {
         Prepared::Dense(dt) => Box::new(DenseGemv::new(ctx, name, rows, cols, data, *dt)?),
         Prepared::Affine(codec, e) => Box::new(AffineGemv::new(ctx, name, codec, e)?),
@@ -340,7 +373,10 @@ fn time_case(
     active: usize,
     y: &GpuVector,
 ) -> Result<(f64, u64)> {
-    let dispatches = kernels.iter().map(|k| k.dispatch(ctx, x, tau, y)).collect::<Result<Vec<_>>>()?;
+    let dispatches = kernels
+        .iter()
+        .map(|k| k.dispatch(ctx, x, tau, y))
+        .collect::<Result<Vec<_>>>()?;
     let record = |pass: &mut membound_gpu::wgpu::ComputePass<'_>| {
         for d in &dispatches {
             d.record(pass);
@@ -348,7 +384,10 @@ fn time_case(
     };
     ctx.warm_up(cfg.warm_up, record)?;
     let t = ctx.time_repeated(cfg.reps, record)?;
-    Ok((t.median().as_secs_f64() / kernels.len() as f64, kernels[0].bytes_read(active)))
+    Ok((
+        t.median().as_secs_f64() / kernels.len() as f64,
+        kernels[0].bytes_read(active),
+    ))
 }
 
 /// Runs every case of `cfg`. `peak_override` replaces the datasheet peak;
@@ -367,8 +406,17 @@ pub fn run(
             None => (None, None),
         },
     };
-    let cases_per_shape: usize =
-        cfg.weights.iter().map(|w| if w.is_sparse() { 2 * cfg.sparsities.len() } else { 1 }).sum();
+    let cases_per_shape: usize = cfg
+        .weights
+        .iter()
+        .map(|w| {
+            if w.is_sparse() {
+                2 * cfg.sparsities.len()
+            } else {
+                1
+            }
+        })
+        .sum();
     let total = cfg.shapes.len() * cases_per_shape;
     let mut rows = Vec::new();
     for &(r, c) in &cfg.shapes {
@@ -378,19 +426,41 @@ pub fn run(
         let mut shape_rows = Vec::new();
         for &w in &cfg.weights {
             let prepared = prepare(w, r, c, &data)?;
-            let first = upload(ctx, &prepared, r, c, &data, &format!("bench {r}x{c} {} #0", w.label()))?;
-            let copies = (cfg.working_set.div_ceil(first.weight_bytes().max(1)) as usize).clamp(2, cfg.max_copies);
+            let first = upload(
+                ctx,
+                &prepared,
+                r,
+                c,
+                &data,
+                &format!("bench {r}x{c} {} #0", w.label()),
+            )?;
+            let copies = (cfg.working_set.div_ceil(first.weight_bytes().max(1)) as usize)
+                .clamp(2, cfg.max_copies);
             let mut kernels = vec![first];
             for i in 1..copies {
-                kernels.push(upload(ctx, &prepared, r, c, &data, &format!("bench {r}x{c} {} #{i}", w.label()))?);
+                kernels.push(upload(
+                    ctx,
+                    &prepared,
+                    r,
+                    c,
+                    &data,
+                    &format!("bench {r}x{c} {} #{i}", w.label()),
+                )?);
             }
             let cases: Vec<(f64, &str)> = if w.is_sparse() {
-                ["random", "magnitude"].iter().flat_map(|m| cfg.sparsities.iter().map(move |&s| (s, *m))).collect()
+                ["random", "magnitude"]
+                    .iter()
+                    .flat_map(|m| cfg.sparsities.iter().map(move |&s| (s, *m)))
+                    .collect()
             } else {
                 vec![(0.0, "dense")]
             };
             for (sparsity, mask) in cases {
-                progress(rows.len() + shape_rows.len(), total, &format!("{r}x{c} {} {mask} {sparsity}", w.label()));
+                progress(
+                    rows.len() + shape_rows.len(),
+                    total,
+                    &format!("{r}x{c} {} {mask} {sparsity}", w.label()),
+                );
                 let (xs, tau) = input(c, sparsity, mask)?;
                 let active = xs.iter().filter(|v| v.abs() > tau).count();
                 let x = GpuVector::from_slice(ctx, "bench x", &xs)?;
@@ -403,7 +473,11 @@ pub fn run(
                     rows: r,
                     cols: c,
                     weights: w.label(),
-                    sparsity: if w.is_sparse() { 1.0 - active as f64 / c as f64 } else { 0.0 },
+                    sparsity: if w.is_sparse() {
+                        1.0 - active as f64 / c as f64
+                    } else {
+                        0.0
+                    },
                     mask: mask.into(),
                     copies,
                     median_us: secs * 1e6,
@@ -420,7 +494,11 @@ pub fn run(
         rows.extend(shape_rows);
     }
     progress(total, total, "done");
-    let timing = if ctx.features().timestamps { TimingMethod::GpuTimestamps } else { TimingMethod::WallClock };
+    let timing = if ctx.features().timestamps {
+        TimingMethod::GpuTimestamps
+    } else {
+        TimingMethod::WallClock
+    };
     Ok(Report {
         device: adapter.name.clone(),
         backend: format!("{:?}", adapter.backend),

@@ -31,7 +31,10 @@ pub const KNOWN_PEAKS: &[(&str, f64)] = &[
 
 /// The datasheet peak of the adapter called `name`, if known.
 pub fn known_peak_gbps(name: &str) -> Option<f64> {
-    KNOWN_PEAKS.iter().find(|(k, _)| name.contains(k)).map(|(_, g)| *g)
+    KNOWN_PEAKS
+        .iter()
+        .find(|(k, _)| name.contains(k))
+        .map(|(_, g)| *g)
 }
 
 #[cfg(test)]
