@@ -289,11 +289,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Llama2cConfig, Vec<TensorEntry>)>
             return Err(Error::malformed(path, "header", "tensor sizes overflow"));
         };
         if end > len {
-            let layer = if one == 0 {
-                0
-            } else {
-                ((len - offset) / one) as usize
-            };
+            let layer = (len - offset).checked_div(one).unwrap_or(0) as usize;
             let start = offset + layer as u64 * one;
             return Err(Error::Truncated {
                 path: path.into(),
