@@ -3,32 +3,36 @@
 use membound::model::{CpuLlama, LlamaConfig, LlamaWeights};
 use membound_tensor::{open, registry};
 
-fn greedy(model: &str, steps: usize) -> Option<Vec<u32>> {
-    let Some((path, _)) = registry::fixture(model) else {
-        assert!(
-            std::env::var("MEMBOUND_REQUIRE_MODELS").as_deref() != Ok("1"),
-            "{model} missing"
-        );
-        eprintln!("SKIPPED: fixture {model} not found");
-        return None;
-    };
-    let src = open(&path).unwrap();
+/// Greedy decoding from token 1 (BOS in both vocabularies used here).
+fn greedy(m: &mut CpuLlama, steps: usize) -> Vec<u32> {
+    let mut tok = 1u32;
+    (0..steps)
+        .map(|pos| {
+            let logits = m.forward(tok, pos).unwrap();
+            tok = logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32;
+            tok
+        })
+        .collect()
+}
+
+fn load(path: &std::path::Path) -> CpuLlama {
+    let src = open(path).unwrap();
     let cfg = LlamaConfig::from_source(src.as_ref()).unwrap();
     let w = LlamaWeights::load(src.as_ref(), &cfg).unwrap();
-    let mut m = CpuLlama::new(cfg, w);
-    let mut tok = 1u32; // BOS
-    let mut out = Vec::new();
-    for pos in 0..steps {
-        let logits = m.forward(tok, pos).unwrap();
-        tok = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0 as u32;
-        out.push(tok);
-    }
-    Some(out)
+    CpuLlama::new(cfg, w)
+}
+
+fn missing(model: &str) {
+    assert!(
+        std::env::var("MEMBOUND_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "{model} missing"
+    );
+    eprintln!("SKIPPED: {model} not found (membound models fetch, or ../shared/models)");
 }
 
 /// Token ids from an independent float64 NumPy implementation of llama2.c's
@@ -40,9 +44,10 @@ fn llama2xs_greedy_matches_reference() {
         403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396,
         267, 337,
     ];
-    if let Some(got) = greedy("llama2xs-280K", want.len()) {
-        assert_eq!(got, want);
-    }
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        return missing("llama2xs-280K");
+    };
+    assert_eq!(greedy(&mut load(&path), want.len()), want);
 }
 
 /// SmolLM2-135M-Instruct (GGUF, Q4_1/Q8_0 dequantized exactly), greedy from
@@ -51,15 +56,10 @@ fn llama2xs_greedy_matches_reference() {
 #[test]
 fn smollm2_greedy_matches_reference() {
     let Some(path) = registry::SMOLLM2.locate() else {
-        assert!(
-            std::env::var("MEMBOUND_REQUIRE_MODELS").as_deref() != Ok("1"),
-            "smollm2 missing"
-        );
-        eprintln!("SKIPPED: smollm2 not fetched (membound models fetch)");
-        return;
+        return missing("smollm2");
     };
-    let src = open(&path).unwrap();
-    let cfg = LlamaConfig::from_source(src.as_ref()).unwrap();
+    let mut m = load(&path);
+    let cfg = m.config();
     assert_eq!(
         (
             cfg.n_layers,
@@ -71,24 +71,11 @@ fn smollm2_greedy_matches_reference() {
         (30, 576, 9, 3, 49152)
     );
     assert_eq!(cfg.rope_theta, 100_000.0);
-    let w = LlamaWeights::load(src.as_ref(), &cfg).unwrap();
+    let src = open(&path).unwrap();
     assert!(
-        w.classifier.is_none(),
+        src.tensor("output.weight").is_err(),
         "SmolLM2 ties its classifier to the embedding"
     );
-    let mut m = CpuLlama::new(cfg, w);
     let want = [29, 1195, 29, 6693, 29, 271, 29, 81, 29, 6693, 29, 1141];
-    let mut tok = 1u32;
-    let mut got = Vec::new();
-    for pos in 0..want.len() {
-        let logits = m.forward(tok, pos).unwrap();
-        tok = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0 as u32;
-        got.push(tok);
-    }
-    assert_eq!(got, want);
+    assert_eq!(greedy(&mut m, want.len()), want);
 }
