@@ -246,14 +246,6 @@ pub fn fetch(model: &RegistryModel, status: &mut dyn FnMut(&str)) -> Result<Path
     Ok(model.weights_path())
 }
 
-/// SHA-256 of a file, lower-case hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut f, &mut hasher).map_err(|e| Error::io(path, e))?;
-    Ok(hex(&hasher.finalize()))
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
