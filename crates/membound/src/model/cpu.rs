@@ -57,6 +57,16 @@ fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32, layout: RopeLayo
     }
 }
 
+impl super::Decoder for CpuLlama {
+    fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    fn forward(&mut self, token: u32, pos: usize) -> Result<Vec<f32>> {
+        CpuLlama::forward(self, token, pos)
+    }
+}
+
 impl CpuLlama {
     /// A decoder over `w`, with an empty KV cache of `cfg.max_seq_len` positions.
     pub fn new(cfg: LlamaConfig, w: LlamaWeights) -> Self {
@@ -104,6 +114,11 @@ impl CpuLlama {
             matvec(&lw.wq, &xb, &mut q);
             matvec(&lw.wk, &xb, &mut k);
             matvec(&lw.wv, &xb, &mut v);
+            for (out, bias) in [(&mut q, &lw.bq), (&mut k, &lw.bk), (&mut v, &lw.bv)] {
+                if let Some(b) = bias {
+                    out.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+                }
+            }
             rope(&mut q, hd, pos, c.rope_theta, c.rope);
             rope(&mut k, hd, pos, c.rope_theta, c.rope);
             self.k_cache[l][pos * kvd..(pos + 1) * kvd].copy_from_slice(&k);

@@ -7,3 +7,32 @@ mod weights;
 pub use config::{LlamaConfig, RopeLayout};
 pub use cpu::CpuLlama;
 pub use weights::{LayerWeights, LlamaWeights};
+
+/// Anything that decodes one token at a time: the CPU reference and the GPU
+/// engine. Positions start at 0 and must be fed in order; feeding position
+/// 0 again starts a new sequence (the KV cache is overwritten in place).
+pub trait Decoder {
+    /// The model's configuration.
+    fn config(&self) -> &LlamaConfig;
+
+    /// Runs `token` at `pos` and returns the next token's logits.
+    fn forward(&mut self, token: u32, pos: usize) -> crate::Result<Vec<f32>>;
+
+    /// Runs `token` at `pos` and returns the most likely next token. The
+    /// GPU engine computes it on the device and reads back only the id.
+    fn forward_argmax(&mut self, token: u32, pos: usize) -> crate::Result<u32> {
+        let logits = self.forward(token, pos)?;
+        Ok(argmax(&logits))
+    }
+}
+
+/// Index of the largest value (the first, on ties; NaN never wins).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] || values[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}

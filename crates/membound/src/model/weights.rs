@@ -16,6 +16,12 @@ pub struct LayerWeights {
     pub wk: Vec<f32>,
     /// `[kv_dim, dim]`.
     pub wv: Vec<f32>,
+    /// Query bias `[dim]` (Qwen2), `None` for LLaMA.
+    pub bq: Option<Vec<f32>>,
+    /// Key bias `[kv_dim]` (Qwen2).
+    pub bk: Option<Vec<f32>>,
+    /// Value bias `[kv_dim]` (Qwen2).
+    pub bv: Option<Vec<f32>>,
     /// `[dim, dim]`.
     pub wo: Vec<f32>,
     /// RMSNorm before the MLP, `[dim]`.
@@ -140,6 +146,9 @@ impl LlamaWeights {
                     wq: get(&n(Part::Q), &[d, d])?,
                     wk: get(&n(Part::K), &[kv, d])?,
                     wv: get(&n(Part::V), &[kv, d])?,
+                    bq: None,
+                    bk: None,
+                    bv: None,
                     wo: get(&n(Part::O), &[d, d])?,
                     ffn_norm: get(&n(Part::FfnNorm), &[d])?,
                     w_gate: get(&n(Part::Gate), &[h, d])?,
