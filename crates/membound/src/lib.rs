@@ -7,9 +7,12 @@
 
 pub mod bench;
 mod error;
+pub mod eval;
 pub mod model;
 pub mod quantize;
+pub mod sample;
 pub mod study;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use membound_codec as codec;

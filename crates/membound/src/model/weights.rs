@@ -45,6 +45,11 @@ pub struct LlamaWeights {
     pub norm: Vec<f32>,
     /// Classifier `[vocab, dim]`, or `None` when tied to the embedding.
     pub classifier: Option<Vec<f32>>,
+    /// Weights the file already held encoded (a `membound quantize` output),
+    /// by role: `layers.{i}.{wq|wk|wv|wo|w_gate|w_up|w_down}` or
+    /// `classifier`. The f32 fields hold their exact decoding; the GPU engine
+    /// uploads these encodings as they are.
+    pub encoded: std::collections::BTreeMap<String, membound_codec::Encoded>,
 }
 
 /// Tensor names in each format's convention.
@@ -166,6 +171,7 @@ impl LlamaWeights {
             layers,
             norm: get(names.norm, &[d])?,
             classifier,
+            encoded: Default::default(),
         })
     }
 }
