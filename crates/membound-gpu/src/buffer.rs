@@ -135,7 +135,31 @@ impl GpuBuffer {
         if len == 0 {
             return Ok(Vec::new());
         }
-        read_back(ctx, self, offset, len)
+        read_back(ctx, &[], self, offset, len)
+    }
+
+    /// Records `calls` into one compute pass and, in the same submission,
+    /// copies `len` bytes of this buffer from `offset` to the host; waits
+    /// and returns them. A decode step thus costs one submission, and reads
+    /// back only what the host needs (a token id, or the logits).
+    pub fn run_and_read(
+        &self,
+        ctx: &GpuContext,
+        calls: &[&crate::Dispatch],
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        if offset % 4 != 0 || len % 4 != 0 || len == 0 || offset.saturating_add(len) > self.size {
+            return Err(GpuError::invalid(
+                format!("reading buffer `{}`", self.name),
+                format!(
+                    "range {offset}..{} must be 4-byte aligned, non-empty and within its {} bytes",
+                    offset.saturating_add(len),
+                    self.size
+                ),
+            ));
+        }
+        read_back(ctx, calls, self, offset, len)
     }
 
     /// Checks that the whole buffer may be bound as one storage binding.
@@ -174,7 +198,13 @@ pub fn check_binding_size(ctx: &GpuContext, name: &str, size: u64) -> Result<()>
     Ok(())
 }
 
-fn read_back(ctx: &GpuContext, source: &GpuBuffer, offset: u64, len: u64) -> Result<Vec<u8>> {
+fn read_back(
+    ctx: &GpuContext,
+    calls: &[&crate::Dispatch],
+    source: &GpuBuffer,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>> {
     let mut staging = ctx.staging.lock().unwrap_or_else(PoisonError::into_inner);
     // One staging buffer per context, grown to the largest read so far.
     if staging.as_ref().is_none_or(|s| s.size() < len) {
@@ -213,6 +243,15 @@ fn read_back(ctx: &GpuContext, source: &GpuBuffer, offset: u64, len: u64) -> Res
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("membound read-back"),
         });
+    if !calls.is_empty() {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("membound"),
+            timestamp_writes: None,
+        });
+        for call in calls {
+            call.record(&mut pass);
+        }
+    }
     encoder.copy_buffer_to_buffer(source.raw(), offset, staging, 0, len);
     ctx.queue().submit([encoder.finish()]);
 

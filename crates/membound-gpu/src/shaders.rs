@@ -30,6 +30,8 @@ pub const SHADERS: &[Shader] = &[
     SPARSE_REDUCE,
     GEMV_AFFINE,
     GEMV_LUT,
+    LLAMA_OPS,
+    FILL,
 ];
 
 /// Dense GEMV with f32 or f16 weights.
@@ -60,6 +62,16 @@ pub const GEMV_LUT: Shader = Shader::new(
     "gemv_lut.wgsl",
     include_str!("../../../shaders/gemv_lut.wgsl"),
 );
+
+/// The small kernels of a LLaMA decode step: embedding, RMSNorm, RoPE,
+/// attention, SwiGLU, argmax.
+pub const LLAMA_OPS: Shader = Shader::new(
+    "llama_ops.wgsl",
+    include_str!("../../../shaders/llama_ops.wgsl"),
+);
+
+/// Seeded pseudo-random fills, for synthetic models generated on the GPU.
+pub const FILL: Shader = Shader::new("fill.wgsl", include_str!("../../../shaders/fill.wgsl"));
 
 #[cfg(test)]
 mod tests {

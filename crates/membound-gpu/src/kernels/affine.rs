@@ -11,6 +11,7 @@ use crate::buffer::{GpuBuffer, GpuVector};
 use crate::context::GpuContext;
 use crate::dispatch::{Dispatch, Workgroups};
 use crate::error::{GpuError, Result};
+use crate::kernels::fill::{Fill, fill_buffer};
 use crate::pipeline::{Binding, Pipeline, PipelineSpec};
 use crate::shaders::GEMV_AFFINE;
 
@@ -419,7 +420,59 @@ impl AffineGemv {
             scales,
             biases,
         } = parts;
-        let (rows, cols) = (l.rows, l.cols);
+        Self::build(
+            ctx,
+            name,
+            codec,
+            l.rows,
+            l.cols,
+            Some((&words, &scales, &biases)),
+            0,
+        )
+    }
+
+    /// A `rows × cols` matrix of random codes under one f16 scale and bias
+    /// (weights in about `[-a, a]`), generated on the GPU from `seed`: the
+    /// same layout and bytes as a real encoding, for synthetic models.
+    pub fn synthetic(
+        ctx: &GpuContext,
+        name: &str,
+        codec: &AffineCodec,
+        rows: usize,
+        cols: usize,
+        seed: u32,
+        a: f32,
+    ) -> Result<Self> {
+        if codec.scale != ScaleDType::F16 {
+            return Err(GpuError::invalid(
+                format!("affine GEMV `{name}`"),
+                "synthetic weights take f16 scales".to_owned(),
+            ));
+        }
+        let half_levels = ((1u32 << codec.bits) - 1) as f32 / 2.0;
+        Self::build(ctx, name, codec, rows, cols, None, seed)?.fill_scales(ctx, a / half_levels, -a)
+    }
+
+    fn fill_scales(self, ctx: &GpuContext, scale: f32, bias: f32) -> Result<Self> {
+        for block in &self.blocks {
+            fill_buffer(ctx, &block.scale_bias, Fill::ConstPair(scale, bias), 0)?;
+        }
+        Ok(self)
+    }
+
+    /// Uploads `data` (codes, scales, biases), or fills the codes with
+    /// random bits from `seed` when it is `None`.
+    #[allow(clippy::type_complexity)]
+    fn build(
+        ctx: &GpuContext,
+        name: &str,
+        codec: &AffineCodec,
+        rows: usize,
+        cols: usize,
+        data: Option<(&[u32], &[f32], &[f32])>,
+        seed: u32,
+    ) -> Result<Self> {
+        let what = format!("affine GEMV `{name}`");
         if rows == 0 || u32::try_from(rows).is_err() {
             return Err(GpuError::invalid(
                 &what,
@@ -427,7 +480,6 @@ impl AffineGemv {
             ));
         }
         let layout = CodeRows::new(&what, codec.bits, cols)?;
-        debug_assert_eq!(layout.words_per_row, l.words_per_row);
 
         // Scale/bias entries per row and their stride between rows.
         let (groups, group_stride) = match codec.group {
@@ -466,20 +518,40 @@ impl AffineGemv {
         while first < rows {
             let block_rows = rows_per_block.min(rows - first);
             let block_name = block_name(name, first, block_rows, rows);
-            let weights = layout.upload(ctx, &block_name, &words, first, block_rows)?;
             // One entry for the whole tensor, else the block's rows' groups.
             let entries = if group_stride == 0 {
                 0..1
             } else {
                 first * group_stride..(first + block_rows) * group_stride
             };
-            let sb = pack_scale_bias(codec.scale, &scales[entries.clone()], &biases[entries]);
-            let scale_bias = GpuBuffer::from_bytes(
-                ctx,
-                &format!("{block_name} scales and biases"),
-                bytemuck::cast_slice(&sb),
-                wgpu::BufferUsages::STORAGE,
-            )?;
+            let sb_name = format!("{block_name} scales and biases");
+            let (weights, scale_bias) = match data {
+                Some((words, scales, biases)) => {
+                    let sb =
+                        pack_scale_bias(codec.scale, &scales[entries.clone()], &biases[entries]);
+                    (
+                        layout.upload(ctx, &block_name, words, first, block_rows)?,
+                        GpuBuffer::from_bytes(
+                            ctx,
+                            &sb_name,
+                            bytemuck::cast_slice(&sb),
+                            wgpu::BufferUsages::STORAGE,
+                        )?,
+                    )
+                }
+                None => {
+                    let usage = wgpu::BufferUsages::STORAGE;
+                    let w = GpuBuffer::new(
+                        ctx,
+                        &block_name,
+                        block_rows as u64 * layout.row_bytes(),
+                        usage,
+                    )?;
+                    fill_buffer(ctx, &w, Fill::Bits, seed.wrapping_add(first as u32))?;
+                    let sb_bytes = (entries.len() * entry_words * 4) as u64;
+                    (w, GpuBuffer::new(ctx, &sb_name, sb_bytes, usage)?)
+                }
+            };
             let params = gemv.params(ctx, first, block_rows, launch.unit_words)?;
             gemv.blocks.push(Block {
                 weights,

@@ -9,6 +9,7 @@ use crate::buffer::{GpuBuffer, GpuVector};
 use crate::context::GpuContext;
 use crate::dispatch::{Dispatch, Workgroups};
 use crate::error::{GpuError, Result};
+use crate::kernels::fill::{Fill, fill_buffer};
 use crate::pipeline::{Binding, Pipeline, PipelineSpec};
 use crate::shaders::GEMV_DENSE;
 
@@ -75,6 +76,8 @@ pub struct DenseGemv {
 enum Source<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+    /// Uniform in `[-a, a]` from a seed, generated on the GPU.
+    Synthetic { seed: u32, a: f32 },
 }
 
 impl DenseGemv {
@@ -123,6 +126,28 @@ impl DenseGemv {
             weights.len(),
             Source::F16(weights),
             WeightDType::F16,
+        )
+    }
+
+    /// A `rows × cols` matrix of weights uniform in `[-a, a]`, generated on
+    /// the GPU from `seed` (synthetic models of real sizes; no upload).
+    pub fn synthetic(
+        ctx: &GpuContext,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDType,
+        seed: u32,
+        a: f32,
+    ) -> Result<Self> {
+        Self::upload(
+            ctx,
+            name,
+            rows,
+            cols,
+            rows.saturating_mul(cols),
+            Source::Synthetic { seed, a },
+            dtype,
         )
     }
 
@@ -180,7 +205,6 @@ impl DenseGemv {
         })?;
 
         let mut blocks = Vec::new();
-        let row_len = cols * dtype.bytes();
         let mut row_f16 = vec![f16::ZERO; cols];
         let mut first = 0;
         while first < rows {
@@ -190,29 +214,43 @@ impl DenseGemv {
             } else {
                 format!("{name}[rows {first}..{}]", first + block_rows)
             };
-            // Only each row's values are written: the padding after them
-            // keeps the zeros a buffer mapped at creation starts with.
-            let weights = GpuBuffer::with_contents(
-                ctx,
-                &block_name,
-                block_rows as u64 * row_bytes,
-                wgpu::BufferUsages::STORAGE,
-                |mut view| {
-                    for r in 0..block_rows {
-                        let values = (first + r) * cols..(first + r + 1) * cols;
-                        let bytes: &[u8] = match (&source, dtype) {
-                            (Source::F32(w), WeightDType::F32) => bytemuck::cast_slice(&w[values]),
-                            (Source::F32(w), WeightDType::F16) => {
-                                row_f16.convert_from_f32_slice(&w[values]);
-                                bytemuck::cast_slice(&row_f16)
-                            }
-                            (Source::F16(w), _) => bytemuck::cast_slice(&w[values]),
-                        };
-                        let at = r * row_bytes as usize;
-                        view.slice(at..at + row_len).copy_from_slice(bytes);
-                    }
-                },
-            )?;
+            let size = block_rows as u64 * row_bytes;
+            let weights = if let Source::Synthetic { seed, a } = source {
+                let buffer = GpuBuffer::new(ctx, &block_name, size, wgpu::BufferUsages::STORAGE)?;
+                let fill = match dtype {
+                    WeightDType::F32 => Fill::F32(a),
+                    WeightDType::F16 => Fill::F16Pair(a),
+                };
+                fill_buffer(ctx, &buffer, fill, seed.wrapping_add(first as u32))?;
+                buffer
+            } else {
+                // Only each row's values are written: the padding after them
+                // keeps the zeros a buffer mapped at creation starts with.
+                GpuBuffer::with_contents(
+                    ctx,
+                    &block_name,
+                    size,
+                    wgpu::BufferUsages::STORAGE,
+                    |mut view| {
+                        for r in 0..block_rows {
+                            let values = (first + r) * cols..(first + r + 1) * cols;
+                            let bytes: &[u8] = match (&source, dtype) {
+                                (Source::F32(w), WeightDType::F32) => {
+                                    bytemuck::cast_slice(&w[values])
+                                }
+                                (Source::F32(w), WeightDType::F16) => {
+                                    row_f16.convert_from_f32_slice(&w[values]);
+                                    bytemuck::cast_slice(&row_f16)
+                                }
+                                (Source::F16(w), _) => bytemuck::cast_slice(&w[values]),
+                                (Source::Synthetic { .. }, _) => &[],
+                            };
+                            let at = r * row_bytes as usize;
+                            view.slice(at..at + bytes.len()).copy_from_slice(bytes);
+                        }
+                    },
+                )?
+            };
             let params: [u32; 4] = [block_rows as u32, cols as u32, stride as u32, first as u32];
             let params = GpuBuffer::from_bytes(
                 ctx,

@@ -3,5 +3,7 @@
 
 pub mod affine;
 pub mod dense;
+pub mod fill;
+pub mod llama;
 pub mod lut;
 pub mod sparse;
