@@ -50,10 +50,19 @@ impl LlamaConfig {
         self.head_dim() * self.n_kv_heads
     }
 
-    /// Reads the configuration from a model file's metadata.
+    /// Reads the configuration from a model file's metadata (GGUF `llama`
+    /// or llama2.c; a Hugging Face checkpoint keeps its configuration in
+    /// `config.json`, read by [`super::load_llama`]).
     pub fn from_source(src: &dyn TensorSource) -> Result<Self> {
-        let meta = src.metadata();
         let path = src.path().display().to_string();
+        Self::from_metadata(&path, src.format(), &src.metadata())
+    }
+
+    /// Reads the configuration from metadata in the convention of `format`
+    /// (GGUF keys such as `llama.embedding_length`, or llama2.c's header
+    /// fields `dim`, `n_layers`, …). `path` names the file in errors.
+    pub fn from_metadata(path: &str, format: Format, meta: &[(String, MetaValue)]) -> Result<Self> {
+        let path = path.to_string();
         let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v);
         let missing = |k: &str| Error::Model {
             path: path.clone(),
@@ -62,10 +71,10 @@ impl LlamaConfig {
         let uint = |k: &str| {
             get(k)
                 .and_then(MetaValue::as_u64)
-                .map(|v| v as usize)
+                .and_then(|v| usize::try_from(v).ok())
                 .ok_or_else(|| missing(k))
         };
-        let cfg = match src.format() {
+        let cfg = match format {
             Format::Llama2c => LlamaConfig {
                 dim: uint("dim")?,
                 hidden_dim: uint("hidden_dim")?,
@@ -87,7 +96,7 @@ impl LlamaConfig {
                     return Err(Error::Model {
                         path,
                         problem: format!(
-                            "architecture {arch:?} is not supported (expected \"llama\")"
+                            "GGUF architecture {arch:?} is not supported; this engine loads GGUF \"llama\", llama2.c checkpoints, and Hugging Face LlamaForCausalLM, Qwen2ForCausalLM and MistralForCausalLM directories"
                         ),
                     });
                 }
@@ -120,7 +129,9 @@ impl LlamaConfig {
             other => {
                 return Err(Error::Model {
                     path,
-                    problem: format!("{other} files are not LLaMA decoders this engine loads yet"),
+                    problem: format!(
+                        "a {other} file holds no LLaMA configuration; load the Hugging Face directory (config.json beside the weights) with model::load_llama"
+                    ),
                 });
             }
         };
@@ -128,13 +139,27 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    fn validate(&self, path: &str) -> Result<()> {
+    /// Checks that the numbers describe a decoder this engine can run.
+    pub(crate) fn validate(&self, path: &str) -> Result<()> {
         let bad = |problem: String| {
             Err(Error::Model {
                 path: path.into(),
                 problem,
             })
         };
+        if self.dim == 0 || self.hidden_dim == 0 || self.vocab_size == 0 || self.max_seq_len == 0 {
+            return bad(format!(
+                "dim {}, hidden dim {}, vocabulary {} and context {} must all be positive",
+                self.dim, self.hidden_dim, self.vocab_size, self.max_seq_len
+            ));
+        }
+        let finite = self.rms_eps.is_finite() && self.rope_theta.is_finite();
+        if !(finite && self.rms_eps >= 0.0 && self.rope_theta > 0.0) {
+            return bad(format!(
+                "RMSNorm epsilon {} and RoPE base {} must be finite and positive",
+                self.rms_eps, self.rope_theta
+            ));
+        }
         if self.n_heads == 0 || self.dim % self.n_heads != 0 {
             return bad(format!(
                 "dim {} is not a multiple of {} heads",

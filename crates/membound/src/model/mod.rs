@@ -2,10 +2,13 @@
 
 mod config;
 mod cpu;
+pub mod hf;
+mod load;
 mod weights;
 
 pub use config::{LlamaConfig, RopeLayout};
 pub use cpu::CpuLlama;
+pub use load::{load_llama, load_quantized};
 pub use weights::{LayerWeights, LlamaWeights};
 
 /// Anything that decodes one token at a time: the CPU reference and the GPU

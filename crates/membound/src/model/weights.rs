@@ -1,6 +1,9 @@
 //! Weights of a LLaMA-family decoder as f32 matrices, from any file.
 
-use membound_tensor::{Format, TensorSource};
+use std::collections::{BTreeMap, HashMap};
+
+use membound_codec::Encoded;
+use membound_tensor::{Format, TensorSource, TensorView};
 
 use super::LlamaConfig;
 use crate::{Error, Result};
@@ -47,21 +50,24 @@ pub struct LlamaWeights {
     pub classifier: Option<Vec<f32>>,
     /// Weights the file already held encoded (a `membound quantize` output),
     /// by role: `layers.{i}.{wq|wk|wv|wo|w_gate|w_up|w_down}` or
-    /// `classifier`. The f32 fields hold their exact decoding; the GPU engine
-    /// uploads these encodings as they are.
-    pub encoded: std::collections::BTreeMap<String, membound_codec::Encoded>,
+    /// `classifier` (when the classifier is tied, the embedding's encoding,
+    /// since that is the matrix the classifier multiplies by). The f32
+    /// fields hold their exact decoding; the GPU engine uploads these
+    /// encodings as they are.
+    pub encoded: BTreeMap<String, Encoded>,
 }
 
 /// Tensor names in each format's convention.
-struct Names {
+pub(crate) struct Names {
     embed: &'static str,
     norm: &'static str,
     classifier: &'static str,
+    /// The stem of a block tensor: its name without `.weight` / `.bias`.
     layer: fn(usize, Part) -> String,
 }
 
 #[derive(Clone, Copy)]
-enum Part {
+pub(crate) enum Part {
     AttnNorm,
     Q,
     K,
@@ -73,7 +79,8 @@ enum Part {
     Down,
 }
 
-const HF: Names = Names {
+/// Hugging Face names (also what the llama2.c reader calls its tensors).
+pub(crate) const HF: Names = Names {
     embed: "model.embed_tokens.weight",
     norm: "model.norm.weight",
     classifier: "lm_head.weight",
@@ -89,11 +96,12 @@ const HF: Names = Names {
             Part::Up => "mlp.up_proj",
             Part::Down => "mlp.down_proj",
         };
-        format!("model.layers.{i}.{s}.weight")
+        format!("model.layers.{i}.{s}")
     },
 };
 
-const GGUF: Names = Names {
+/// GGUF (llama.cpp) names.
+pub(crate) const GGUF: Names = Names {
     embed: "token_embd.weight",
     norm: "output_norm.weight",
     classifier: "output.weight",
@@ -109,69 +117,186 @@ const GGUF: Names = Names {
             Part::Up => "ffn_up",
             Part::Down => "ffn_down",
         };
-        format!("blk.{i}.{s}.weight")
+        format!("blk.{i}.{s}")
     },
 };
 
+impl Names {
+    /// The naming convention of files of `format`.
+    pub(crate) fn of(format: Format) -> &'static Names {
+        if format == Format::Gguf { &GGUF } else { &HF }
+    }
+}
+
+/// Where a loader finds tensors: one file, several shards, or a quantized
+/// file whose weights are encoded.
+pub(crate) struct Store<'a> {
+    /// Names the model in errors.
+    path: String,
+    views: HashMap<&'a str, TensorView<'a>>,
+    encoded: HashMap<String, Encoded>,
+}
+
+impl<'a> Store<'a> {
+    /// The tensors of `sources` (shards of one model: a name held by two of
+    /// them is an error), described as `path` in errors.
+    pub(crate) fn new(path: String, sources: &[&'a dyn TensorSource]) -> Result<Self> {
+        let mut views = HashMap::new();
+        for src in sources {
+            for v in src.tensors() {
+                if views.insert(v.name(), v).is_some() {
+                    return Err(Error::Model {
+                        path,
+                        problem: format!(
+                            "tensor {:?} appears twice (again in {})",
+                            v.name(),
+                            src.path().display()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            path,
+            views,
+            encoded: HashMap::new(),
+        })
+    }
+
+    /// Adds pre-encoded weights, by tensor name; they take precedence over
+    /// stored tensors of the same name (an affine weight keeps its name for
+    /// the packed codes).
+    pub(crate) fn with_encoded(
+        mut self,
+        encoded: impl IntoIterator<Item = (String, Encoded)>,
+    ) -> Self {
+        self.encoded.extend(encoded);
+        self
+    }
+
+    fn err(&self, problem: String) -> Error {
+        Error::Model {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.encoded.contains_key(name) || self.views.contains_key(name)
+    }
+
+    /// The f32 values of `name`, which must have `shape` and be finite,
+    /// and its encoding if the file held it encoded.
+    fn read(&self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, Option<&Encoded>)> {
+        let (values, enc) = if let Some(e) = self.encoded.get(name) {
+            if [e.rows, e.cols] != shape {
+                return Err(self.err(format!(
+                    "tensor {name:?} has shape {:?}, the config implies {shape:?}",
+                    [e.rows, e.cols]
+                )));
+            }
+            let v = membound_codec::decode(e)
+                .map_err(|err| self.err(format!("tensor {name:?} does not decode: {err}")))?;
+            (v, Some(e))
+        } else {
+            let t = self
+                .views
+                .get(name)
+                .ok_or_else(|| self.err(format!("tensor {name:?} is missing")))?;
+            if t.shape() != shape {
+                return Err(self.err(format!(
+                    "tensor {name:?} has shape {:?}, the config implies {shape:?}",
+                    t.shape()
+                )));
+            }
+            (t.to_f32()?, None)
+        };
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(self.err(format!("tensor {name:?} holds {} at index {i}", values[i])));
+        }
+        Ok((values, enc))
+    }
+}
+
+/// How the classifier is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Classifier {
+    /// The classifier tensor if present, else the embedding.
+    IfPresent,
+    /// Always the embedding (Hugging Face `tie_word_embeddings: true`).
+    Tied,
+}
+
 impl LlamaWeights {
     /// Loads and dequantizes every weight, checking each shape against `cfg`.
+    /// Tensor names follow the file's format (GGUF, or Hugging Face names as
+    /// the llama2.c reader and Hugging Face checkpoints use); q/k/v biases
+    /// are loaded when the file has them.
     pub fn load(src: &dyn TensorSource, cfg: &LlamaConfig) -> Result<Self> {
-        let names = if src.format() == Format::Gguf {
-            &GGUF
-        } else {
-            &HF
-        };
-        let path = src.path().display().to_string();
-        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = src.tensor(name)?;
-            if t.shape() != shape {
-                return Err(Error::Model {
-                    path: path.clone(),
-                    problem: format!(
-                        "tensor {name:?} has shape {:?}, the config implies {shape:?}",
-                        t.shape()
-                    ),
-                });
-            }
-            let v = t.to_f32()?;
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Error::Model {
-                    path: path.clone(),
-                    problem: format!("tensor {name:?} holds {} at index {i}", v[i]),
-                });
+        let store = Store::new(src.path().display().to_string(), &[src])?;
+        Self::load_from(&store, Names::of(src.format()), cfg, Classifier::IfPresent)
+    }
+
+    /// Loads every weight from `store`, decoding encoded ones and keeping
+    /// their encodings in [`LlamaWeights::encoded`].
+    pub(crate) fn load_from(
+        store: &Store<'_>,
+        names: &Names,
+        cfg: &LlamaConfig,
+        classifier: Classifier,
+    ) -> Result<Self> {
+        let mut encoded = BTreeMap::new();
+        let mut get = |name: &str, shape: &[usize], role: Option<String>| -> Result<Vec<f32>> {
+            let (v, e) = store.read(name, shape)?;
+            if let (Some(e), Some(role)) = (e, role) {
+                encoded.insert(role, e.clone());
             }
             Ok(v)
         };
         let (d, h, kv, v) = (cfg.dim, cfg.hidden_dim, cfg.kv_dim(), cfg.vocab_size);
-        let layers = (0..cfg.n_layers)
-            .map(|i| {
-                let n = |p| (names.layer)(i, p);
-                Ok(LayerWeights {
-                    attn_norm: get(&n(Part::AttnNorm), &[d])?,
-                    wq: get(&n(Part::Q), &[d, d])?,
-                    wk: get(&n(Part::K), &[kv, d])?,
-                    wv: get(&n(Part::V), &[kv, d])?,
-                    bq: None,
-                    bk: None,
-                    bv: None,
-                    wo: get(&n(Part::O), &[d, d])?,
-                    ffn_norm: get(&n(Part::FfnNorm), &[d])?,
-                    w_gate: get(&n(Part::Gate), &[h, d])?,
-                    w_up: get(&n(Part::Up), &[h, d])?,
-                    w_down: get(&n(Part::Down), &[d, h])?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let classifier = match src.tensor(names.classifier) {
-            Ok(_) => Some(get(names.classifier, &[v, d])?),
-            Err(_) => None,
+        let mut layers = Vec::with_capacity(cfg.n_layers.min(1024));
+        for i in 0..cfg.n_layers {
+            let n = |p| format!("{}.weight", (names.layer)(i, p));
+            let role = |r: &str| Some(format!("layers.{i}.{r}"));
+            let mut bias = |p, len: usize| -> Result<Option<Vec<f32>>> {
+                let name = format!("{}.bias", (names.layer)(i, p));
+                if store.contains(&name) {
+                    Ok(Some(get(&name, &[len], None)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let (bq, bk, bv) = (bias(Part::Q, d)?, bias(Part::K, kv)?, bias(Part::V, kv)?);
+            layers.push(LayerWeights {
+                attn_norm: get(&n(Part::AttnNorm), &[d], None)?,
+                wq: get(&n(Part::Q), &[d, d], role("wq"))?,
+                wk: get(&n(Part::K), &[kv, d], role("wk"))?,
+                wv: get(&n(Part::V), &[kv, d], role("wv"))?,
+                bq,
+                bk,
+                bv,
+                wo: get(&n(Part::O), &[d, d], role("wo"))?,
+                ffn_norm: get(&n(Part::FfnNorm), &[d], None)?,
+                w_gate: get(&n(Part::Gate), &[h, d], role("w_gate"))?,
+                w_up: get(&n(Part::Up), &[h, d], role("w_up"))?,
+                w_down: get(&n(Part::Down), &[d, h], role("w_down"))?,
+            });
+        }
+        let separate = classifier == Classifier::IfPresent && store.contains(names.classifier);
+        let classifier = if separate {
+            Some(get(names.classifier, &[v, d], Some("classifier".into()))?)
+        } else {
+            None
         };
+        let role = (!separate).then(|| "classifier".to_string());
+        let embed = get(names.embed, &[v, d], role)?;
+        let norm = get(names.norm, &[d], None)?;
         Ok(Self {
-            embed: get(names.embed, &[v, d])?,
+            embed,
             layers,
-            norm: get(names.norm, &[d])?,
+            norm,
             classifier,
-            encoded: Default::default(),
+            encoded,
         })
     }
 }
