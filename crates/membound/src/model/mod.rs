@@ -1,13 +1,17 @@
 //! LLaMA-family decoders.
 
+pub mod bert;
 mod config;
 mod cpu;
+pub mod gpu;
 pub mod hf;
 mod load;
 mod weights;
 
+pub use bert::{Bert, BertConfig};
 pub use config::{LlamaConfig, RopeLayout};
 pub use cpu::CpuLlama;
+pub use gpu::{GpuLlama, GpuLlamaOptions, PreparedModel, WeightPlan, prepare};
 pub use load::{load_llama, load_quantized};
 pub use weights::{LayerWeights, LlamaWeights};
 

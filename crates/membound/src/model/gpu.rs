@@ -1,0 +1,953 @@
+//! The GPU decoder: weights and KV cache resident on the device, one command
+//! submission per token, and only the sampled token (or the logits, when
+//! asked) read back.
+//!
+//! A model reaches the GPU in two steps. [`prepare`] stores every matrix as
+//! its [`WeightPlan`] says (f32, f16, or any codec a GPU kernel runs), fusing
+//! q/k/v into one matrix and gate/up into another so each is one GEMV;
+//! [`PreparedModel::decoded_weights`] gives the exact weights the GPU will
+//! use, for the CPU reference. [`GpuLlama::new`] uploads them and records the
+//! token's dispatches once:
+//!
+//! ```text
+//! embed → [add+RMSNorm → qkv GEMV → bias+RoPE+KV write → attention → o GEMV
+//!          → add+RMSNorm → gate/up GEMV → SwiGLU → down GEMV] × layers
+//!       → add+RMSNorm → classifier GEMV → argmax
+//! ```
+//!
+//! [`GpuLlama::synthetic`] builds a model of a real size with weights
+//! generated on the GPU from a seed, for decode benchmarks without a file.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use half::f16;
+use membound_codec::{AffineCodec, Encoded, Spec, codec_from_spec};
+use membound_gpu::kernels::llama as ops;
+use membound_gpu::{
+    AffineGemv, AttentionShape, DenseGemv, Dispatch, GpuBuffer, GpuContext, GpuVector, KvCache,
+    LutGemv, StepBuffer, WeightDType,
+};
+use rayon::prelude::*;
+
+use super::{Decoder, LlamaConfig, LlamaWeights, RopeLayout};
+use crate::{Error, Result};
+
+/// Codecs whose encodings a GPU kernel runs directly.
+pub const GPU_CODECS: &[&str] = &["affine", "nf4", "kmeans", "poly", "polymse"];
+
+/// How each weight matrix is stored on the GPU.
+///
+/// A spec is `f32`, `f16`, or a codec spec whose codec has a GPU kernel
+/// ([`GPU_CODECS`], e.g. `affine:bits=4,group=64`). Matrices are named by
+/// role: `layers.N.qkv` (q, k and v fused), `layers.N.wo`, `layers.N.gate_up`
+/// (gate and up fused), `layers.N.w_down` and `classifier`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WeightPlan {
+    /// The spec of every matrix no other rule names.
+    pub weights: String,
+    /// The classifier's spec; `None` follows `weights`.
+    pub classifier: Option<String>,
+    /// `(pattern, spec)` pairs, first match wins; `*` in a pattern matches
+    /// any run of characters (`layers.*.w_down`, `layers.0.*`).
+    pub overrides: Vec<(String, String)>,
+}
+
+impl WeightPlan {
+    /// Every matrix in `spec`.
+    pub fn uniform(spec: &str) -> Self {
+        Self {
+            weights: spec.to_owned(),
+            classifier: None,
+            overrides: Vec::new(),
+        }
+    }
+
+    /// The spec of the matrix `role`.
+    pub fn spec_for(&self, role: &str) -> &str {
+        if let Some((_, spec)) = self.overrides.iter().find(|(p, _)| glob(p, role)) {
+            return spec;
+        }
+        match (&self.classifier, role) {
+            (Some(c), "classifier") => c,
+            _ => &self.weights,
+        }
+    }
+
+    /// Checks every spec the plan names: each must parse and have a GPU
+    /// kernel.
+    pub fn check(&self) -> Result<()> {
+        let specs = std::iter::once(&self.weights)
+            .chain(&self.classifier)
+            .chain(self.overrides.iter().map(|(_, s)| s));
+        for spec in specs {
+            storage_of(spec)?;
+        }
+        Ok(())
+    }
+}
+
+/// `*`-glob match of `text` against `pattern`.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob(rest, &tail[i..]))
+        }
+    }
+}
+
+/// How a spec stores a matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Storage {
+    Dense(WeightDType),
+    Codec,
+}
+
+fn storage_of(spec: &str) -> Result<Storage> {
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "f32" => return Ok(Storage::Dense(WeightDType::F32)),
+        "f16" => return Ok(Storage::Dense(WeightDType::F16)),
+        _ => {}
+    }
+    let parsed = Spec::parse(spec)?;
+    if !GPU_CODECS.contains(&parsed.name.as_str()) {
+        return Err(Error::Request(format!(
+            "weights {spec:?}: codec {:?} has no GPU kernel; use f32, f16 or one of {}",
+            parsed.name,
+            GPU_CODECS.join(", ")
+        )));
+    }
+    codec_from_spec(spec)?;
+    Ok(Storage::Codec)
+}
+
+/// One weight matrix as the GPU will hold it.
+#[derive(Clone, Debug)]
+pub struct PreparedMatrix {
+    /// Role, e.g. `layers.3.qkv`.
+    pub role: String,
+    /// The spec it is stored in (canonical for codecs).
+    pub spec: String,
+    /// Output rows.
+    pub rows: usize,
+    /// Input columns.
+    pub cols: usize,
+    store: Store,
+}
+
+#[derive(Clone, Debug)]
+enum Store {
+    Dense(WeightDType, Vec<f32>),
+    Encoded(Encoded),
+}
+
+impl PreparedMatrix {
+    fn new(role: String, spec: &str, rows: usize, cols: usize, values: Vec<f32>) -> Result<Self> {
+        let (spec, store) = match storage_of(spec)? {
+            Storage::Dense(dtype) => (
+                match dtype {
+                    WeightDType::F32 => "f32",
+                    WeightDType::F16 => "f16",
+                }
+                .to_owned(),
+                Store::Dense(dtype, values),
+            ),
+            Storage::Codec => {
+                let codec = codec_from_spec(spec)?;
+                let m = membound_codec::Matrix::new(rows, cols, &values)?;
+                (codec.spec(), Store::Encoded(codec.encode(m)?))
+            }
+        };
+        Ok(Self {
+            role,
+            spec,
+            rows,
+            cols,
+            store,
+        })
+    }
+
+    fn from_encoded(role: String, e: Encoded) -> Result<Self> {
+        storage_of(&e.spec)?;
+        Ok(Self {
+            role,
+            spec: e.spec.clone(),
+            rows: e.rows,
+            cols: e.cols,
+            store: Store::Encoded(e),
+        })
+    }
+
+    /// The weights the GPU multiplies by, row-major f32.
+    pub fn decoded(&self) -> Result<Vec<f32>> {
+        Ok(match &self.store {
+            Store::Dense(WeightDType::F32, v) => v.clone(),
+            Store::Dense(WeightDType::F16, v) => {
+                v.iter().map(|x| f16::from_f32(*x).to_f32()).collect()
+            }
+            Store::Encoded(e) => membound_codec::decode(e)?,
+        })
+    }
+
+    /// Bytes stored (codes and side information).
+    pub fn bytes(&self) -> u64 {
+        match &self.store {
+            Store::Dense(dtype, v) => (v.len() * dtype.bytes()) as u64,
+            Store::Encoded(e) => e.bytes() as u64,
+        }
+    }
+
+    fn upload(&self, ctx: &GpuContext) -> Result<GpuMatrix> {
+        Ok(match &self.store {
+            Store::Dense(dtype, v) => GpuMatrix::Dense(DenseGemv::new(
+                ctx, &self.role, self.rows, self.cols, v, *dtype,
+            )?),
+            Store::Encoded(e) => {
+                let spec = Spec::parse(&e.spec)?;
+                if spec.name == "affine" {
+                    let codec = AffineCodec::from_spec(spec)?;
+                    GpuMatrix::Affine(AffineGemv::new(ctx, &self.role, &codec, e)?)
+                } else {
+                    GpuMatrix::Lut(LutGemv::new(ctx, &self.role, e)?)
+                }
+            }
+        })
+    }
+}
+
+/// Stacks encodings of matrices with equal columns row-wise, when every
+/// part is stored row by row (MLX affine, NF4, per-row levels).
+fn concat_rows(role: &str, parts: &[&Encoded]) -> Result<Encoded> {
+    let first = parts[0];
+    let fail = || {
+        Error::Request(format!(
+            "{role}: the file's encodings ({}) cannot be fused row-wise; re-quantize with a \
+             row-local codec such as affine with groups",
+            first.spec
+        ))
+    };
+    let mut out = first.clone();
+    for e in &parts[1..] {
+        if e.spec != first.spec || e.cols != first.cols || e.parts.len() != first.parts.len() {
+            return Err(fail());
+        }
+        for (o, p) in out.parts.iter_mut().zip(&e.parts) {
+            let rows_ok = o.shape.first() == Some(&out.rows) && p.shape.first() == Some(&e.rows);
+            if p.name != o.name || p.dtype != o.dtype || !rows_ok || p.shape[1..] != o.shape[1..] {
+                return Err(fail());
+            }
+            o.shape[0] += e.rows;
+            o.data.extend_from_slice(&p.data);
+        }
+        out.rows += e.rows;
+    }
+    Ok(out)
+}
+
+/// One block's matrices as prepared.
+#[derive(Clone, Debug)]
+struct PreparedLayer {
+    attn_norm: Vec<f32>,
+    qkv: PreparedMatrix,
+    qkv_bias: Option<Vec<f32>>,
+    wo: PreparedMatrix,
+    ffn_norm: Vec<f32>,
+    gate_up: PreparedMatrix,
+    down: PreparedMatrix,
+}
+
+/// A model stored as its plan says, ready to upload.
+#[derive(Clone, Debug)]
+pub struct PreparedModel {
+    cfg: LlamaConfig,
+    plan: WeightPlan,
+    embed: Vec<f32>,
+    embed_f16: bool,
+    layers: Vec<PreparedLayer>,
+    norm: Vec<f32>,
+    classifier: PreparedMatrix,
+}
+
+/// Stores every matrix of `w` as `plan` says (encoding in parallel) and
+/// fuses q/k/v and gate/up. Matrices the file already held encoded
+/// (`w.encoded`) keep their encoding. `progress(done, total)` counts
+/// matrices.
+pub fn prepare(
+    cfg: &LlamaConfig,
+    w: &LlamaWeights,
+    plan: &WeightPlan,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<PreparedModel> {
+    plan.check()?;
+    let (d, h) = (cfg.dim, cfg.hidden_dim);
+    let kv = cfg.kv_dim();
+    let total = cfg.n_layers * 4 + 1;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let tick = || {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(n, total);
+    };
+    let enc = |key: String| w.encoded.get(&key);
+    let matrix = |role: String, keys: &[String], rows: usize, cols: usize, values: Vec<f32>| {
+        let found: Vec<_> = keys.iter().filter_map(|k| enc(k.clone())).collect();
+        let m = if found.len() == keys.len() && !keys.is_empty() {
+            PreparedMatrix::from_encoded(role.clone(), concat_rows(&role, &found)?)?
+        } else {
+            PreparedMatrix::new(role.clone(), plan.spec_for(&role), rows, cols, values)?
+        };
+        tick();
+        Ok::<_, Error>(m)
+    };
+    let layers = w
+        .layers
+        .par_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let key = |s: &str| format!("layers.{i}.{s}");
+            let cat = |parts: &[&Vec<f32>]| parts.iter().flat_map(|p| p.iter().copied()).collect();
+            let qkv_bias = match (&l.bq, &l.bk, &l.bv) {
+                (None, None, None) => None,
+                (bq, bk, bv) => {
+                    let zeros = |n| vec![0.0; n];
+                    let mut b = bq.clone().unwrap_or_else(|| zeros(d));
+                    b.extend(bk.clone().unwrap_or_else(|| zeros(kv)));
+                    b.extend(bv.clone().unwrap_or_else(|| zeros(kv)));
+                    Some(b)
+                }
+            };
+            Ok(PreparedLayer {
+                attn_norm: l.attn_norm.clone(),
+                qkv: matrix(
+                    key("qkv"),
+                    &[key("wq"), key("wk"), key("wv")],
+                    d + 2 * kv,
+                    d,
+                    cat(&[&l.wq, &l.wk, &l.wv]),
+                )?,
+                qkv_bias,
+                wo: matrix(key("wo"), &[key("wo")], d, d, l.wo.clone())?,
+                ffn_norm: l.ffn_norm.clone(),
+                gate_up: matrix(
+                    key("gate_up"),
+                    &[key("w_gate"), key("w_up")],
+                    2 * h,
+                    d,
+                    cat(&[&l.w_gate, &l.w_up]),
+                )?,
+                down: matrix(key("w_down"), &[key("w_down")], d, h, l.w_down.clone())?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let classifier = matrix(
+        "classifier".into(),
+        &["classifier".into()],
+        cfg.vocab_size,
+        d,
+        w.classifier.clone().unwrap_or_else(|| w.embed.clone()),
+    )?;
+    Ok(PreparedModel {
+        cfg: cfg.clone(),
+        plan: plan.clone(),
+        embed: w.embed.clone(),
+        embed_f16: plan.weights.trim() != "f32",
+        layers,
+        norm: w.norm.clone(),
+        classifier,
+    })
+}
+
+/// What one matrix is stored as.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MatrixSummary {
+    /// Role.
+    pub role: String,
+    /// Spec it is stored in.
+    pub spec: String,
+    /// Rows × columns.
+    pub shape: [usize; 2],
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+impl PreparedModel {
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The plan it was prepared with.
+    pub fn plan(&self) -> &WeightPlan {
+        &self.plan
+    }
+
+    /// Every matrix as stored, in decode order.
+    pub fn matrices(&self) -> Vec<&PreparedMatrix> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            v.extend([&l.qkv, &l.wo, &l.gate_up, &l.down]);
+        }
+        v.push(&self.classifier);
+        v
+    }
+
+    /// Per matrix: role, spec, shape, bytes.
+    pub fn summary(&self) -> Vec<MatrixSummary> {
+        self.matrices()
+            .into_iter()
+            .map(|m| MatrixSummary {
+                role: m.role.clone(),
+                spec: m.spec.clone(),
+                shape: [m.rows, m.cols],
+                bytes: m.bytes(),
+            })
+            .collect()
+    }
+
+    /// Weight bytes a decode step reads: every matrix, the norms and one
+    /// embedding row.
+    pub fn bytes_per_token(&self) -> u64 {
+        let matrices: u64 = self.matrices().iter().map(|m| m.bytes()).sum();
+        let norms = (self.cfg.n_layers * 2 + 1) * self.cfg.dim * 4;
+        let row = self.cfg.dim * if self.embed_f16 { 2 } else { 4 };
+        matrices + (norms + row) as u64
+    }
+
+    /// The weights exactly as the GPU will use them (decoded codecs, f16
+    /// rounding, the embedding table as stored), for the CPU reference.
+    pub fn decoded_weights(&self) -> Result<LlamaWeights> {
+        let (d, kv) = (self.cfg.dim, self.cfg.kv_dim());
+        let round = |v: &[f32]| -> Vec<f32> {
+            if self.embed_f16 {
+                v.iter().map(|x| f16::from_f32(*x).to_f32()).collect()
+            } else {
+                v.to_vec()
+            }
+        };
+        let layers = self
+            .layers
+            .par_iter()
+            .map(|l| {
+                let qkv = l.qkv.decoded()?;
+                let (wq, rest) = qkv.split_at(d * d);
+                let (wk, wv) = rest.split_at(kv * d);
+                let gu = l.gate_up.decoded()?;
+                let (wg, wu) = gu.split_at(gu.len() / 2);
+                let bias = |r: std::ops::Range<usize>| l.qkv_bias.as_ref().map(|b| b[r].to_vec());
+                Ok(super::LayerWeights {
+                    attn_norm: l.attn_norm.clone(),
+                    wq: wq.to_vec(),
+                    wk: wk.to_vec(),
+                    wv: wv.to_vec(),
+                    bq: bias(0..d),
+                    bk: bias(d..d + kv),
+                    bv: bias(d + kv..d + 2 * kv),
+                    wo: l.wo.decoded()?,
+                    ffn_norm: l.ffn_norm.clone(),
+                    w_gate: wg.to_vec(),
+                    w_up: wu.to_vec(),
+                    w_down: l.down.decoded()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LlamaWeights {
+            embed: round(&self.embed),
+            layers,
+            norm: self.norm.clone(),
+            classifier: Some(self.classifier.decoded()?),
+            encoded: Default::default(),
+        })
+    }
+}
+
+/// A weight matrix on the GPU, behind whichever kernel runs its storage.
+#[derive(Debug)]
+enum GpuMatrix {
+    Dense(DenseGemv),
+    Affine(AffineGemv),
+    Lut(LutGemv),
+}
+
+impl GpuMatrix {
+    fn bind(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector) -> Result<Dispatch> {
+        Ok(match self {
+            Self::Dense(m) => m.bind(ctx, x, y)?,
+            Self::Affine(m) => m.bind(ctx, x, y)?,
+            Self::Lut(m) => m.bind(ctx, x, y)?,
+        })
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        match self {
+            Self::Dense(m) => m.weight_bytes(),
+            Self::Affine(m) => m.weight_bytes(),
+            Self::Lut(m) => m.weight_bytes(),
+        }
+    }
+}
+
+/// Options of the GPU decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuLlamaOptions {
+    /// Positions the KV cache holds; `None`: the model's context, at most
+    /// 4096.
+    pub context: Option<usize>,
+}
+
+/// What each kind of dispatch in a token costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum OpKind {
+    /// Weight GEMVs (q/k/v, o, gate/up, down, classifier).
+    Gemv,
+    /// Attention over the KV cache.
+    Attention,
+    /// Embedding, norms, RoPE, SwiGLU, argmax.
+    Elementwise,
+}
+
+/// Where a token's time goes, from [`GpuLlama::profile`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Profile {
+    /// Dispatches per token.
+    pub dispatches: usize,
+    /// Median host time per token: submission, GPU work, read-back.
+    pub token: Duration,
+    /// GPU time of the token's pass (timestamps; `None` without them).
+    pub pass: Option<Duration>,
+    /// Sum over dispatches of each one timed alone (kernel time), by kind.
+    pub kernels: Vec<(OpKind, Duration)>,
+}
+
+impl Profile {
+    /// Sum of the kernels' own times.
+    pub fn kernel_total(&self) -> Duration {
+        self.kernels.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+/// The GPU decoder (see the module docs).
+#[derive(Debug)]
+pub struct GpuLlama {
+    ctx: Arc<GpuContext>,
+    cfg: LlamaConfig,
+    context: usize,
+    step: StepBuffer,
+    logits: GpuVector,
+    next: GpuBuffer,
+    /// The token's dispatches up to the logits, each with its kind.
+    calls: Vec<(OpKind, Dispatch)>,
+    argmax: Dispatch,
+    _matrices: Vec<GpuMatrix>,
+    caches: Vec<KvCache>,
+    weight_bytes: u64,
+    /// Kept alive for the recorded bind groups.
+    _buffers: Vec<GpuVector>,
+}
+
+/// The resident pieces of one block, before recording.
+struct LayerParts {
+    attn_norm: GpuVector,
+    qkv: GpuMatrix,
+    bias: Option<GpuVector>,
+    wo: GpuMatrix,
+    ffn_norm: GpuVector,
+    gate_up: GpuMatrix,
+    down: GpuMatrix,
+}
+
+impl GpuLlama {
+    /// Uploads `model` to `ctx`'s device and records a token's dispatches.
+    pub fn new(ctx: Arc<GpuContext>, model: &PreparedModel, opts: GpuLlamaOptions) -> Result<Self> {
+        let c = &ctx;
+        let layers = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                Ok(LayerParts {
+                    attn_norm: GpuVector::from_slice(c, &format!("layer {i} attn norm"), &l.attn_norm)?,
+                    qkv: l.qkv.upload(c)?,
+                    bias: match &l.qkv_bias {
+                        Some(b) => Some(GpuVector::from_slice(c, &format!("layer {i} qkv bias"), b)?),
+                        None => None,
+                    },
+                    wo: l.wo.upload(c)?,
+                    ffn_norm: GpuVector::from_slice(c, &format!("layer {i} ffn norm"), &l.ffn_norm)?,
+                    gate_up: l.gate_up.upload(c)?,
+                    down: l.down.upload(c)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = if model.embed_f16 {
+            let h: Vec<f16> = model.embed.iter().map(|v| f16::from_f32(*v)).collect();
+            GpuBuffer::from_bytes(
+                c,
+                "token embedding (f16)",
+                bytemuck::cast_slice(&h),
+                wgpu_storage(),
+            )?
+        } else {
+            GpuBuffer::from_bytes(
+                c,
+                "token embedding (f32)",
+                bytemuck::cast_slice(&model.embed),
+                wgpu_storage(),
+            )?
+        };
+        let norm = GpuVector::from_slice(c, "final norm", &model.norm)?;
+        let classifier = model.classifier.upload(c)?;
+        Self::assemble(ctx, &model.cfg, opts, embed, model.embed_f16, layers, norm, classifier)
+    }
+
+    /// A model of shape `cfg` with weights generated on the GPU from `seed`
+    /// (uniform weights of unit-preserving scale, unit norms, no biases),
+    /// stored as `spec` (`f32`, `f16` or `affine:…` with f16 scales): decode
+    /// benchmarks of real sizes without a file.
+    pub fn synthetic(
+        ctx: Arc<GpuContext>,
+        cfg: &LlamaConfig,
+        spec: &str,
+        seed: u32,
+        opts: GpuLlamaOptions,
+    ) -> Result<Self> {
+        let c = &ctx;
+        let storage = storage_of(spec)?;
+        let affine = match storage {
+            Storage::Codec => {
+                let parsed = Spec::parse(spec)?;
+                if parsed.name != "affine" {
+                    return Err(Error::Request(format!(
+                        "synthetic models take f32, f16 or affine weights, not {spec:?}"
+                    )));
+                }
+                Some(AffineCodec::from_spec(parsed)?)
+            }
+            Storage::Dense(_) => None,
+        };
+        let mut n = 0u32;
+        let mut matrix = |role: String, rows: usize, cols: usize| -> Result<GpuMatrix> {
+            n += 1;
+            let s = seed.wrapping_mul(0x9E37_79B9).wrapping_add(n.wrapping_mul(0x85EB_CA6B));
+            let a = (3.0 / cols as f32).sqrt();
+            Ok(match (&storage, &affine) {
+                (Storage::Dense(dtype), _) => {
+                    GpuMatrix::Dense(DenseGemv::synthetic(c, &role, rows, cols, *dtype, s, a)?)
+                }
+                (_, Some(codec)) => {
+                    GpuMatrix::Affine(AffineGemv::synthetic(c, &role, codec, rows, cols, s, a)?)
+                }
+                _ => unreachable!("codec storage always has a codec"),
+            })
+        };
+        let (d, h, kv) = (cfg.dim, cfg.hidden_dim, cfg.kv_dim());
+        let ones = |name: String| GpuVector::from_slice(c, &name, &vec![1.0; d]);
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            layers.push(LayerParts {
+                attn_norm: ones(format!("layer {i} attn norm"))?,
+                qkv: matrix(format!("layers.{i}.qkv"), d + 2 * kv, d)?,
+                bias: None,
+                wo: matrix(format!("layers.{i}.wo"), d, d)?,
+                ffn_norm: ones(format!("layer {i} ffn norm"))?,
+                gate_up: matrix(format!("layers.{i}.gate_up"), 2 * h, d)?,
+                down: matrix(format!("layers.{i}.w_down"), d, h)?,
+            });
+        }
+        let classifier = matrix("classifier".into(), cfg.vocab_size, d)?;
+        let embed = GpuBuffer::new(
+            c,
+            "token embedding (f16)",
+            (cfg.vocab_size * d * 2) as u64,
+            wgpu_storage(),
+        )?;
+        membound_gpu::fill_buffer(c, &embed, membound_gpu::Fill::F16Pair(1.0), seed)?;
+        let norm = ones("final norm".into())?;
+        Self::assemble(ctx, cfg, opts, embed, true, layers, norm, classifier)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        ctx: Arc<GpuContext>,
+        cfg: &LlamaConfig,
+        opts: GpuLlamaOptions,
+        embed: GpuBuffer,
+        embed_f16: bool,
+        layers: Vec<LayerParts>,
+        norm: GpuVector,
+        classifier: GpuMatrix,
+    ) -> Result<Self> {
+        let c = &ctx;
+        let context = opts.context.unwrap_or(cfg.max_seq_len.min(4096));
+        if context == 0 || context > cfg.max_seq_len {
+            return Err(Error::Request(format!(
+                "a context of {context} positions; the model takes 1 to {}",
+                cfg.max_seq_len
+            )));
+        }
+        let shape = AttentionShape {
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim(),
+            context,
+            rope_half: cfg.rope == RopeLayout::HalfSplit,
+        };
+        let (d, h, kv) = (cfg.dim, cfg.hidden_dim, cfg.kv_dim());
+        let vec = |name: &str, n: usize| GpuVector::zeros(c, name, n);
+        let x = vec("residual", d)?;
+        let xb = vec("normed", d)?;
+        let qkv = vec("qkv", d + 2 * kv)?;
+        let q = vec("q", d)?;
+        let att = vec("attention out", d)?;
+        let y = vec("projection out", d)?;
+        let gate_up = vec("gate/up", 2 * h)?;
+        let hidden = vec("swiglu", h)?;
+        let logits = vec("logits", cfg.vocab_size)?;
+        let rope = GpuVector::from_slice(c, "rope table", &shape.rope_table(f64::from(cfg.rope_theta)))?;
+        let next = GpuBuffer::new(
+            c,
+            "next token",
+            4,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let step = StepBuffer::new(c)?;
+        let eps = cfg.rms_eps;
+
+        let mut calls = vec![(
+            OpKind::Elementwise,
+            ops::embed(c, &step, &embed, embed_f16, cfg.vocab_size, &x)?,
+        )];
+        let mut caches = Vec::with_capacity(layers.len());
+        let mut matrices = Vec::new();
+        let mut buffers = Vec::new();
+        for (i, l) in layers.into_iter().enumerate() {
+            let cache = KvCache::new(c, i, &shape)?;
+            let norm_in = if i == 0 {
+                ops::rms_norm(c, &x, &l.attn_norm, eps, &xb)?
+            } else {
+                ops::add_rms_norm(c, &x, &y, &l.attn_norm, eps, &xb)?
+            };
+            calls.push((OpKind::Elementwise, norm_in));
+            calls.push((OpKind::Gemv, l.qkv.bind(c, &xb, &qkv)?));
+            calls.push((
+                OpKind::Elementwise,
+                ops::qkv_rope(c, &shape, &step, &qkv, l.bias.as_ref(), &rope, &q, &cache)?,
+            ));
+            calls.push((OpKind::Attention, ops::attention(c, &shape, &step, &q, &cache, &att)?));
+            calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
+            calls.push((
+                OpKind::Elementwise,
+                ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?,
+            ));
+            calls.push((OpKind::Gemv, l.gate_up.bind(c, &xb, &gate_up)?));
+            calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
+            calls.push((OpKind::Gemv, l.down.bind(c, &hidden, &y)?));
+            caches.push(cache);
+            matrices.extend([l.qkv, l.wo, l.gate_up, l.down]);
+            buffers.extend([l.attn_norm, l.ffn_norm]);
+            buffers.extend(l.bias);
+        }
+        let final_norm = if caches.is_empty() {
+            ops::rms_norm(c, &x, &norm, eps, &xb)?
+        } else {
+            ops::add_rms_norm(c, &x, &y, &norm, eps, &xb)?
+        };
+        calls.push((OpKind::Elementwise, final_norm));
+        calls.push((OpKind::Gemv, classifier.bind(c, &xb, &logits)?));
+        let argmax = ops::argmax(c, &logits, &next)?;
+        matrices.push(classifier);
+        let weight_bytes = matrices.iter().map(GpuMatrix::weight_bytes).sum::<u64>()
+            + ((cfg.n_layers * 2 + 1) * d * 4 + d * if embed_f16 { 2 } else { 4 }) as u64;
+        buffers.extend([x, xb, qkv, q, att, y, gate_up, hidden, rope, norm]);
+        ctx.check()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            context,
+            step,
+            logits,
+            next,
+            calls,
+            argmax,
+            _matrices: matrices,
+            caches,
+            weight_bytes,
+            _buffers: buffers,
+            ctx,
+        })
+    }
+
+    /// The device context.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Positions the KV cache holds.
+    pub fn max_positions(&self) -> usize {
+        self.context
+    }
+
+    /// Bytes of weights a token reads (matrices as stored on the device,
+    /// with row padding, norms and one embedding row).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Bytes of KV cache on the device.
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.caches.iter().map(KvCache::bytes).sum()
+    }
+
+    /// GPU dispatches per token (greedy).
+    pub fn dispatches_per_token(&self) -> usize {
+        self.calls.iter().map(|(_, d)| d.len()).sum::<usize>() + self.argmax.len()
+    }
+
+    fn start(&self, token: u32, pos: usize) -> Result<()> {
+        if token as usize >= self.cfg.vocab_size {
+            return Err(Error::Request(format!(
+                "token id {token} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        if pos >= self.context {
+            return Err(Error::Request(format!(
+                "position {pos} is past the KV cache's {} positions",
+                self.context
+            )));
+        }
+        self.step.write(&self.ctx, pos as u32, token);
+        Ok(())
+    }
+
+    fn token_calls(&self, with_argmax: bool) -> Vec<&Dispatch> {
+        let mut v: Vec<&Dispatch> = self.calls.iter().map(|(_, d)| d).collect();
+        if with_argmax {
+            v.push(&self.argmax);
+        }
+        v
+    }
+
+    /// Times where a token's time goes: the whole token on the host, its
+    /// pass on the GPU, and each dispatch alone, over `reps` repetitions
+    /// at position `pos` (the cache before it holds whatever ran last).
+    pub fn profile(&mut self, pos: usize, reps: usize) -> Result<Profile> {
+        self.start(1.min(self.cfg.vocab_size as u32 - 1), pos)?;
+        let calls = self.token_calls(true);
+        self.ctx.warm_up(Duration::from_millis(300), |pass| {
+            calls.iter().for_each(|d| d.record(pass));
+        })?;
+        let mut token = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            self.next.run_and_read(&self.ctx, &calls, 0, 4)?;
+            token.push(t.elapsed());
+        }
+        token.sort_unstable();
+        let pass = self.ctx.time_repeated(reps, |p| calls.iter().for_each(|d| d.record(p)))?;
+        let pass = (pass.method == membound_gpu::TimingMethod::GpuTimestamps).then(|| pass.median());
+        let mut kernels: Vec<(OpKind, Duration)> = Vec::new();
+        let all = self
+            .calls
+            .iter()
+            .map(|(k, d)| (*k, d))
+            .chain([(OpKind::Elementwise, &self.argmax)]);
+        for (kind, d) in all {
+            let t = self.ctx.time_repeated(reps, |p| d.record(p))?.median();
+            match kernels.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, sum)) => *sum += t,
+                None => kernels.push((kind, t)),
+            }
+        }
+        Ok(Profile {
+            dispatches: self.dispatches_per_token(),
+            token: token[token.len() / 2],
+            pass,
+            kernels,
+        })
+    }
+}
+
+fn wgpu_storage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE
+}
+
+use membound_gpu::wgpu;
+
+impl Decoder for GpuLlama {
+    fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    fn forward(&mut self, token: u32, pos: usize) -> Result<Vec<f32>> {
+        self.start(token, pos)?;
+        let calls = self.token_calls(false);
+        let n = (self.cfg.vocab_size * 4) as u64;
+        let bytes = self.logits.buffer().run_and_read(&self.ctx, &calls, 0, n)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
+        self.start(token, pos)?;
+        let calls = self.token_calls(true);
+        let bytes = self.next.run_and_read(&self.ctx, &calls, 0, 4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+/// Shapes of real models for synthetic decode benchmarks: `llama-1b`
+/// (Llama 3.2 1B) and `llama-8b` (Llama 3 8B).
+pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
+    let (dim, hidden, layers, heads) = match name {
+        "llama-1b" => (2048, 8192, 16, 32),
+        "llama-8b" => (4096, 14_336, 32, 32),
+        other => {
+            return Err(Error::Request(format!(
+                "unknown synthetic model {other:?}; known: llama-1b, llama-8b"
+            )));
+        }
+    };
+    Ok(LlamaConfig {
+        dim,
+        hidden_dim: hidden,
+        n_layers: layers,
+        n_heads: heads,
+        n_kv_heads: 8,
+        vocab_size: 128_256,
+        max_seq_len: 8192,
+        rms_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope: RopeLayout::HalfSplit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_and_plans() {
+        assert!(glob("layers.*.w_down", "layers.12.w_down"));
+        assert!(!glob("layers.*.w_down", "layers.12.wo"));
+        assert!(glob("*", "classifier"));
+        assert!(glob("layers.0.*", "layers.0.qkv"));
+        assert!(!glob("layers.0.*", "layers.10.qkv"));
+        let mut plan = WeightPlan::uniform("affine:bits=4,group=64");
+        plan.classifier = Some("f16".into());
+        plan.overrides.push(("layers.*.w_down".into(), "affine:bits=8,group=64".into()));
+        assert_eq!(plan.spec_for("classifier"), "f16");
+        assert_eq!(plan.spec_for("layers.3.w_down"), "affine:bits=8,group=64");
+        assert_eq!(plan.spec_for("layers.3.qkv"), "affine:bits=4,group=64");
+        plan.check().unwrap();
+        assert!(WeightPlan::uniform("svd:rank=8").check().is_err());
+        assert!(WeightPlan::uniform("bf17").check().is_err());
+    }
+
+    #[test]
+    fn synthetic_shapes_are_real() {
+        let c = synthetic_config("llama-8b").unwrap();
+        assert_eq!((c.n_heads, c.head_dim(), c.kv_dim()), (32, 128, 1024));
+        assert!(synthetic_config("llama-70b").is_err());
+    }
+}
