@@ -776,3 +776,63 @@ fn broken_inputs_are_clear_errors() {
     assert!(err_of(&dir).contains("neither model.safetensors nor"));
     assert!(load_llama(&tmp.path().join("does-not-exist.gguf")).is_err());
 }
+
+/// A GGUF file of another architecture: a header and one metadata key.
+#[test]
+fn gguf_of_another_architecture_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("gpt2.gguf");
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata entries
+    let key = b"general.architecture";
+    b.extend((key.len() as u64).to_le_bytes());
+    b.extend(key);
+    b.extend(8u32.to_le_bytes()); // string
+    b.extend(4u64.to_le_bytes());
+    b.extend(b"gpt2");
+    std::fs::write(&path, b).unwrap();
+    let e = err_of(&path);
+    assert!(
+        e.contains("\"gpt2\"") && e.contains("not supported") && e.contains("llama"),
+        "{e}"
+    );
+}
+
+/// `membound quantize` of a Hugging Face model.safetensors: the
+/// configuration is the config.json beside the quantized file.
+#[test]
+fn quantized_hf_safetensors_uses_config_beside_it() {
+    let Some((cfg, w)) = base() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hf");
+    write_dir(
+        &dir,
+        &hf_config(&cfg, "llama", true),
+        &hf_tensors(&cfg, &w, DType::F32, true),
+    );
+    let input = dir.join("model.safetensors");
+    let src = membound_tensor::open(&input).unwrap();
+    let q = quantize::quantize(src.as_ref(), "affine:bits=8,group=32", &|_, _, _| {}).unwrap();
+    let out = dir.join("q8.safetensors");
+    quantize::write(&q, &input, &out, false).unwrap();
+    let (qcfg, qw) = load_llama(&out).unwrap();
+    assert_eq!(qcfg.rope, RopeLayout::HalfSplit);
+    assert_eq!(qw.encoded.len(), 7 * cfg.n_layers + 1);
+    // Affine groups run along rows, and the q/k permutation moves whole
+    // rows, so this equals the same codec applied to the llama2.c file.
+    let l2c = llama2xs().unwrap();
+    let src = membound_tensor::open(&l2c).unwrap();
+    let q = quantize::quantize(src.as_ref(), "affine:bits=8,group=32", &|_, _, _| {}).unwrap();
+    let out2 = tmp.path().join("l2c-q8.safetensors");
+    quantize::write(&q, &l2c, &out2, false).unwrap();
+    let (c2, w2) = load_llama(&out2).unwrap();
+    let d = rel_diff(&logits(&qcfg, &qw, &TOKENS), &logits(&c2, &w2, &TOKENS));
+    assert!(d < 1e-4, "quantized HF vs quantized llama2.c: {d}");
+    // Without the config.json beside it, the file cannot say what it is.
+    let alone = tmp.path().join("alone.safetensors");
+    std::fs::copy(&out, &alone).unwrap();
+    let e = err_of(&alone);
+    assert!(e.contains("config.json beside it"), "{e}");
+}
