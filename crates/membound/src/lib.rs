@@ -10,6 +10,7 @@ mod error;
 pub mod eval;
 pub mod model;
 pub mod quantize;
+pub mod run;
 pub mod sample;
 pub mod study;
 pub mod tokenizer;
