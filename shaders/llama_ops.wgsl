@@ -1,5 +1,5 @@
 // The small kernels of a LLaMA-family decode step, around the GEMVs:
-// embedding lookup, RMSNorm (with the residual add fused in), bias + RoPE +
+// RMSNorm (with the residual add fused in), bias + RoPE +
 // KV-cache write, attention over the cache, SwiGLU, and argmax.
 //
 // Shapes are override constants, so one pipeline serves every layer of a
@@ -13,32 +13,8 @@ struct Step {
     _pad1: u32,
 }
 
-// ---------------------------------------------------------------- embed --
-
 // Width of the model.
 override DIM: u32 = 64u;
-// 1: the table holds f16 pairs packed in u32; 0: f32 bits.
-override EMB_F16: u32 = 0u;
-
-@group(0) @binding(0) var<uniform> embed_step: Step;
-@group(0) @binding(1) var<storage, read> embed_table: array<u32>;
-@group(0) @binding(2) var<storage, read_write> embed_out: array<f32>;
-
-@compute @workgroup_size(256)
-fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
-    if (i >= DIM) {
-        return;
-    }
-    let base = embed_step.token * DIM;
-    if (EMB_F16 == 1u) {
-        let e = base + i;
-        let pair = unpack2x16float(embed_table[e / 2u]);
-        embed_out[i] = select(pair.x, pair.y, (e & 1u) == 1u);
-    } else {
-        embed_out[i] = bitcast<f32>(embed_table[base + i]);
-    }
-}
 
 // -------------------------------------------------------------- rms_norm --
 

@@ -18,6 +18,60 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 enum What {
     Kernels(KernelArgs),
+    Decode(DecodeArgs),
+}
+
+/// Time whole-model decoding on the GPU against the bandwidth roofline.
+///
+/// Decodes greedily, one submission and one 4-byte read-back per token (as
+/// `generate` does), after warming the GPU up, and reports the median
+/// tokens/s, the weight bytes each token reads, the effective GB/s, the
+/// roofline (peak GB/s ÷ bytes per token) and the fraction of it reached.
+/// A profile then splits one token into kernel time (GEMVs, attention,
+/// small ops) and overhead (dispatch gaps, submission, read-back).
+///
+/// --synthetic builds a model of a real size with weights generated on the
+/// GPU from a seed: llama-8b (Llama 3 8B shapes, 16 GB in f16) needs no
+/// file. --model decodes a real model instead (default model: smollm2).
+///
+/// Examples:
+///   membound bench decode --synthetic llama-8b --weights f16 --weights affine:bits=4,group=64
+///   membound bench decode --model smollm2 --weights f16 --json decode.json
+///   membound bench decode --synthetic llama-8b --start-pos 4096 --tokens 16
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+struct DecodeArgs {
+    /// A model file or name (smollm2, llama2xs-280K, ...).
+    #[arg(long, conflicts_with = "synthetic")]
+    model: Option<String>,
+    /// A synthetic model shape: llama-1b, llama-8b or smollm2-135m.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Weight specs, one per case, repeatable: f32, f16, affine:bits=4,group=64, nf4, ...
+    /// (synthetic models take f32, f16 and affine) [default: f16 and affine:bits=4,group=64].
+    #[arg(long)]
+    weights: Vec<String>,
+    /// Tokens timed per case.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Tokens decoded before timing.
+    #[arg(long, default_value_t = 16)]
+    warm_up: usize,
+    /// Fill the KV cache to this many positions first (long-context decode).
+    #[arg(long, default_value_t = 0)]
+    start_pos: usize,
+    /// Repetitions per dispatch in the time-split profile (0: skip it).
+    #[arg(long, default_value_t = 10)]
+    profile_reps: usize,
+    /// Seed of synthetic weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u32,
+    /// Peak memory bandwidth in GB/s, overriding the datasheet table.
+    #[arg(long)]
+    peak_gbps: Option<f64>,
+    /// Also write the results as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// Time every mat-vec kernel at real layer shapes.
@@ -72,6 +126,7 @@ struct KernelArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Kernels(a) => run_kernels(a),
+        What::Decode(a) => run_decode(a),
     }
 }
 
@@ -184,6 +239,133 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
             "peak: unknown for this adapter (pass --peak-gbps); timing: {}",
             report.timing
         ),
+    }
+    if let Some(path) = a.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn run_decode(a: DecodeArgs) -> Result<()> {
+    use membound::bench::decode::{self, Subject};
+    use membound::model::{GpuLlama, WeightPlan, load_llama, prepare};
+
+    let specs = if a.weights.is_empty() {
+        vec!["f16".to_owned(), "affine:bits=4,group=64".to_owned()]
+    } else {
+        a.weights.clone()
+    };
+    for s in &specs {
+        WeightPlan::uniform(s).check()?;
+    }
+    let ctx = std::sync::Arc::new(GpuContext::new()?);
+    let info = ctx.adapter();
+    eprintln!(
+        "adapter: {} ({:?}, {} {})",
+        info.name, info.backend, info.driver, info.driver_info
+    );
+    let cfg = decode::Config {
+        tokens: a.tokens,
+        warm_up_tokens: a.warm_up,
+        start_pos: a.start_pos,
+        context: None,
+        profile_reps: a.profile_reps,
+        seed: a.seed,
+    };
+    let loaded;
+    let subject = match (&a.synthetic, &a.model) {
+        (Some(name), _) => Subject::Synthetic(name),
+        (None, model) => {
+            let path = crate::models::resolve(model.as_deref().unwrap_or("smollm2"))?;
+            loaded = load_llama(&path)?;
+            let (mcfg, w) = &loaded;
+            let c = std::sync::Arc::clone(&ctx);
+            Subject::Model {
+                name: path.display().to_string(),
+                cfg: mcfg.clone(),
+                build: Box::new(move |spec, opts| {
+                    let p = prepare(mcfg, w, &WeightPlan::uniform(spec), &|_, _| {})?;
+                    GpuLlama::new(std::sync::Arc::clone(&c), &p, opts)
+                }),
+            }
+        }
+    };
+    let report = decode::run(&ctx, subject, &specs, &cfg, a.peak_gbps, &mut |m| {
+        eprintln!("{m}");
+    })?;
+
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    t.set_header([
+        "weights",
+        "bytes/token",
+        "ms/token",
+        "tokens/s",
+        "GB/s",
+        "roofline tok/s",
+        "% roofline",
+        "× first",
+        "kernels µs (gemv/attn/other)",
+        "overhead µs",
+    ]);
+    for r in &report.rows {
+        let split = r.split.as_ref();
+        t.add_row([
+            r.weights.clone(),
+            crate::inspect::human_bytes(r.weight_bytes),
+            format!("{:.3}", r.ms_per_token),
+            format!("{:.1}", r.tokens_per_s),
+            format!("{:.0}", r.effective_gbps),
+            r.roofline_tokens_per_s
+                .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+            r.roofline_fraction
+                .map_or_else(|| "-".into(), |f| format!("{:.1}", f * 100.0)),
+            format!("{:.2}", r.speedup_vs_first),
+            split.map_or_else(
+                || "-".into(),
+                |s| {
+                    format!(
+                        "{:.0}/{:.0}/{:.0}",
+                        s.gemv_us, s.attention_us, s.elementwise_us
+                    )
+                },
+            ),
+            split
+                .and_then(|s| s.overhead_us)
+                .map_or_else(|| "-".into(), |o| format!("{o:.0}")),
+        ]);
+    }
+    for col in 1..10 {
+        if let Some(c) = t.column_mut(col) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    if let Some(r) = report.rows.first() {
+        println!(
+            "{}: decode from position {} ({} timed tokens, median), KV cache {}",
+            r.model,
+            r.start_pos,
+            r.tokens,
+            crate::inspect::human_bytes(r.kv_cache_bytes)
+        );
+    }
+    println!("{t}");
+    if let Some(s) = report.rows.first().and_then(|r| r.split.as_ref()) {
+        println!(
+            "{} dispatches per token; GPU pass {}",
+            s.dispatches,
+            s.pass_us
+                .map_or_else(|| "not timed (no timestamps)".into(), |p| format!("{p:.0} µs"))
+        );
+    }
+    match (report.rows.first().and_then(|r| r.peak_gbps), &report.peak_source) {
+        (Some(p), Some(src)) => println!("peak: {p} GB/s ({src})"),
+        _ => println!("peak: unknown for this adapter (pass --peak-gbps)"),
     }
     if let Some(path) = a.json {
         let text = serde_json::to_string_pretty(&report)?;

@@ -63,7 +63,7 @@ pub const GEMV_LUT: Shader = Shader::new(
     include_str!("../../../shaders/gemv_lut.wgsl"),
 );
 
-/// The small kernels of a LLaMA decode step: embedding, RMSNorm, RoPE,
+/// The small kernels of a LLaMA decode step: RMSNorm, RoPE,
 /// attention, SwiGLU, argmax.
 pub const LLAMA_OPS: Shader = Shader::new(
     "llama_ops.wgsl",

@@ -1,5 +1,5 @@
 //! The small kernels of a LLaMA-family decode step (`shaders/llama_ops.wgsl`):
-//! embedding lookup, RMSNorm with the residual add fused in, bias + RoPE +
+//! RMSNorm with the residual add fused in, bias + RoPE +
 //! KV-cache write, attention over the cache, SwiGLU and argmax.
 //!
 //! Each function checks its buffers and returns a [`Dispatch`] to record
@@ -164,33 +164,6 @@ fn u32_of(what: &str, n: usize) -> Result<f64> {
     u32::try_from(n)
         .map(f64::from)
         .map_err(|_| GpuError::invalid(what, format!("{n} exceeds 2^32 - 1")))
-}
-
-/// `out = table[token]`: the row of the step's token from a `[vocab, dim]`
-/// table of f32 or (`f16`) packed f16. The token is checked on the host
-/// when the step is written.
-pub fn embed(
-    ctx: &GpuContext,
-    step: &StepBuffer,
-    table: &GpuBuffer,
-    f16: bool,
-    vocab: usize,
-    out: &GpuVector,
-) -> Result<Dispatch> {
-    let dim = out.len();
-    let what = "embedding lookup";
-    need_bytes(what, table, (vocab * dim * if f16 { 2 } else { 4 }) as u64)?;
-    let p = pipeline(
-        ctx,
-        "embed",
-        &[
-            ("DIM", u32_of(what, dim)?),
-            ("EMB_F16", if f16 { 1.0 } else { 0.0 }),
-        ],
-        &[Binding::Uniform, Binding::Storage, Binding::StorageReadWrite],
-    )?;
-    let grid = ctx.grid_1d(what, dim.div_ceil(256) as u32)?;
-    one(ctx, p, &[step.buffer(), table, out.buffer()], grid)
 }
 
 /// `out = x / rms(x) · weight` over the first `weight.len()` values.

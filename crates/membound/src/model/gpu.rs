@@ -10,7 +10,8 @@
 //! token's dispatches once:
 //!
 //! ```text
-//! embed → [add+RMSNorm → qkv GEMV → bias+RoPE+KV write → attention → o GEMV
+//! (embedding row written by the host)
+//!       → [add+RMSNorm → qkv GEMV → bias+RoPE+KV write → attention → o GEMV
 //!          → add+RMSNorm → gate/up GEMV → SwiGLU → down GEMV] × layers
 //!       → add+RMSNorm → classifier GEMV → argmax
 //! ```
@@ -517,8 +518,11 @@ pub struct Profile {
     pub token: Duration,
     /// GPU time of the token's pass (timestamps; `None` without them).
     pub pass: Option<Duration>,
-    /// Sum over dispatches of each one timed alone (kernel time), by kind.
+    /// Sum over dispatches of each one timed alone, by kind: kernel time
+    /// with timestamps, else wall time with each submission's latency.
     pub kernels: Vec<(OpKind, Duration)>,
+    /// Whether `kernels` and `pass` come from GPU timestamps.
+    pub timestamps: bool,
 }
 
 impl Profile {
@@ -535,6 +539,10 @@ pub struct GpuLlama {
     cfg: LlamaConfig,
     context: usize,
     step: StepBuffer,
+    /// The residual stream; the host writes the token's embedding row here.
+    x: GpuVector,
+    embed: Embedding,
+    row: Vec<f32>,
     logits: GpuVector,
     next: GpuBuffer,
     /// The token's dispatches up to the logits, each with its kind.
@@ -545,6 +553,15 @@ pub struct GpuLlama {
     weight_bytes: u64,
     /// Kept alive for the recorded bind groups.
     _buffers: Vec<GpuVector>,
+}
+
+/// Where token embeddings come from.
+#[derive(Debug)]
+enum Embedding {
+    /// `[vocab, dim]` as stored (f16 values widened, or f32).
+    Table(Vec<f32>),
+    /// Rows hashed from the seed (synthetic models).
+    Synthetic(u32),
 }
 
 /// The resident pieces of one block, before recording.
@@ -581,22 +598,14 @@ impl GpuLlama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embed = if model.embed_f16 {
-            let h: Vec<f16> = model.embed.iter().map(|v| f16::from_f32(*v)).collect();
-            GpuBuffer::from_bytes(
-                c,
-                "token embedding (f16)",
-                bytemuck::cast_slice(&h),
-                wgpu_storage(),
-            )?
+        // The table stays on the host, as stored (f16 or f32): a token's
+        // row is a few KiB written with the step, and no table, however
+        // large, meets a binding limit.
+        let embed = Embedding::Table(if model.embed_f16 {
+            model.embed.iter().map(|v| f16::from_f32(*v).to_f32()).collect()
         } else {
-            GpuBuffer::from_bytes(
-                c,
-                "token embedding (f32)",
-                bytemuck::cast_slice(&model.embed),
-                wgpu_storage(),
-            )?
-        };
+            model.embed.clone()
+        });
         let norm = GpuVector::from_slice(c, "final norm", &model.norm)?;
         let classifier = model.classifier.upload(c)?;
         Self::assemble(ctx, &model.cfg, opts, embed, model.embed_f16, layers, norm, classifier)
@@ -657,13 +666,7 @@ impl GpuLlama {
             });
         }
         let classifier = matrix("classifier".into(), cfg.vocab_size, d)?;
-        let embed = GpuBuffer::new(
-            c,
-            "token embedding (f16)",
-            (cfg.vocab_size * d * 2) as u64,
-            wgpu_storage(),
-        )?;
-        membound_gpu::fill_buffer(c, &embed, membound_gpu::Fill::F16Pair(1.0), seed)?;
+        let embed = Embedding::Synthetic(seed);
         let norm = ones("final norm".into())?;
         Self::assemble(ctx, cfg, opts, embed, true, layers, norm, classifier)
     }
@@ -673,7 +676,7 @@ impl GpuLlama {
         ctx: Arc<GpuContext>,
         cfg: &LlamaConfig,
         opts: GpuLlamaOptions,
-        embed: GpuBuffer,
+        embed: Embedding,
         embed_f16: bool,
         layers: Vec<LayerParts>,
         norm: GpuVector,
@@ -715,10 +718,7 @@ impl GpuLlama {
         let step = StepBuffer::new(c)?;
         let eps = cfg.rms_eps;
 
-        let mut calls = vec![(
-            OpKind::Elementwise,
-            ops::embed(c, &step, &embed, embed_f16, cfg.vocab_size, &x)?,
-        )];
+        let mut calls = Vec::new();
         let mut caches = Vec::with_capacity(layers.len());
         let mut matrices = Vec::new();
         let mut buffers = Vec::new();
@@ -760,12 +760,15 @@ impl GpuLlama {
         matrices.push(classifier);
         let weight_bytes = matrices.iter().map(GpuMatrix::weight_bytes).sum::<u64>()
             + ((cfg.n_layers * 2 + 1) * d * 4 + d * if embed_f16 { 2 } else { 4 }) as u64;
-        buffers.extend([x, xb, qkv, q, att, y, gate_up, hidden, rope, norm]);
+        buffers.extend([xb, qkv, q, att, y, gate_up, hidden, rope, norm]);
         ctx.check()?;
         Ok(Self {
             cfg: cfg.clone(),
             context,
             step,
+            x,
+            embed,
+            row: vec![0.0; d],
             logits,
             next,
             calls,
@@ -804,7 +807,7 @@ impl GpuLlama {
         self.calls.iter().map(|(_, d)| d.len()).sum::<usize>() + self.argmax.len()
     }
 
-    fn start(&self, token: u32, pos: usize) -> Result<()> {
+    fn start(&mut self, token: u32, pos: usize) -> Result<()> {
         if token as usize >= self.cfg.vocab_size {
             return Err(Error::Request(format!(
                 "token id {token} is outside the vocabulary of {}",
@@ -818,6 +821,26 @@ impl GpuLlama {
             )));
         }
         self.step.write(&self.ctx, pos as u32, token);
+        let d = self.cfg.dim;
+        match &self.embed {
+            Embedding::Table(t) => {
+                let at = token as usize * d;
+                self.row.copy_from_slice(&t[at..at + d]);
+            }
+            Embedding::Synthetic(seed) => {
+                // Uniform in [-1, 1) from a hash of (seed, token, i).
+                for (i, v) in self.row.iter_mut().enumerate() {
+                    let mut z = (u64::from(*seed) << 32 | u64::from(token))
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add(i as u64);
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    z ^= z >> 31;
+                    *v = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                }
+            }
+        }
+        self.x.write(&self.ctx, &self.row)?;
         Ok(())
     }
 
@@ -846,7 +869,8 @@ impl GpuLlama {
         }
         token.sort_unstable();
         let pass = self.ctx.time_repeated(reps, |p| calls.iter().for_each(|d| d.record(p)))?;
-        let pass = (pass.method == membound_gpu::TimingMethod::GpuTimestamps).then(|| pass.median());
+        let timestamps = pass.method == membound_gpu::TimingMethod::GpuTimestamps;
+        let pass = timestamps.then(|| pass.median());
         let mut kernels: Vec<(OpKind, Duration)> = Vec::new();
         let all = self
             .calls
@@ -865,12 +889,9 @@ impl GpuLlama {
             token: token[token.len() / 2],
             pass,
             kernels,
+            timestamps,
         })
     }
-}
-
-fn wgpu_storage() -> wgpu::BufferUsages {
-    wgpu::BufferUsages::STORAGE
 }
 
 use membound_gpu::wgpu;
@@ -896,15 +917,21 @@ impl Decoder for GpuLlama {
     }
 }
 
+/// Names of [`synthetic_config`]'s shapes.
+pub const SYNTHETIC_MODELS: &[&str] = &["llama-1b", "llama-8b", "smollm2-135m"];
+
 /// Shapes of real models for synthetic decode benchmarks: `llama-1b`
-/// (Llama 3.2 1B) and `llama-8b` (Llama 3 8B).
+/// (Llama 3.2 1B), `llama-8b` (Llama 3 8B) and `smollm2-135m` (SmolLM2's
+/// shape, for timing it where the file is not at hand).
 pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
-    let (dim, hidden, layers, heads) = match name {
-        "llama-1b" => (2048, 8192, 16, 32),
-        "llama-8b" => (4096, 14_336, 32, 32),
+    let (dim, hidden, layers, heads, kv_heads, vocab) = match name {
+        "llama-1b" => (2048, 8192, 16, 32, 8, 128_256),
+        "llama-8b" => (4096, 14_336, 32, 32, 8, 128_256),
+        "smollm2-135m" => (576, 1536, 30, 9, 3, 49_152),
         other => {
             return Err(Error::Request(format!(
-                "unknown synthetic model {other:?}; known: llama-1b, llama-8b"
+                "unknown synthetic model {other:?}; known: {}",
+                SYNTHETIC_MODELS.join(", ")
             )));
         }
     };
@@ -913,8 +940,8 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
         hidden_dim: hidden,
         n_layers: layers,
         n_heads: heads,
-        n_kv_heads: 8,
-        vocab_size: 128_256,
+        n_kv_heads: kv_heads,
+        vocab_size: vocab,
         max_seq_len: 8192,
         rms_eps: 1e-5,
         rope_theta: 500_000.0,
