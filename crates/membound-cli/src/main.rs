@@ -1,7 +1,11 @@
 //! The `membound` command-line tool.
 
 mod bench;
+mod chat;
 mod convert;
+mod demo;
+mod eval;
+mod generate;
 mod inspect;
 mod models;
 mod plot;
@@ -38,6 +42,10 @@ enum Command {
     Models(models::Args),
     Study(study::Args),
     Quantize(quantize::Args),
+    Generate(generate::Args),
+    Chat(chat::Args),
+    Eval(eval::Args),
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +57,10 @@ fn main() -> ExitCode {
         Command::Models(a) => models::run(a),
         Command::Study(a) => study::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

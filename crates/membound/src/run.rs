@@ -225,7 +225,11 @@ impl EngineInfo {
                 if g.classifier {
                     format!("{} classifier", g.spec)
                 } else {
-                    let noun = if g.matrices == 1 { "matrix" } else { "matrices" };
+                    let noun = if g.matrices == 1 {
+                        "matrix"
+                    } else {
+                        "matrices"
+                    };
                     format!("{} ×{} {noun}", g.spec, g.matrices)
                 }
             })
@@ -243,11 +247,13 @@ impl EngineInfo {
     /// The share of the peak reached at `tokens_per_s`, when the peak is
     /// known.
     pub fn peak_share(&self, tokens_per_s: f64) -> Option<f64> {
-        self.peak_gbps.map(|p| self.effective_gbps(tokens_per_s) / p)
+        self.peak_gbps
+            .map(|p| self.effective_gbps(tokens_per_s) / p)
     }
 }
 
-/// Groups `summary` by spec, the classifier apart, in first-seen order.
+/// Groups `summary` by spec, the classifier apart: most matrices first,
+/// the classifier last.
 pub fn group_modes(summary: &[MatrixSummary]) -> Vec<ModeGroup> {
     let mut groups: Vec<ModeGroup> = Vec::new();
     for m in summary {
@@ -268,7 +274,8 @@ pub fn group_modes(summary: &[MatrixSummary]) -> Vec<ModeGroup> {
             }),
         }
     }
-    groups.sort_by_key(|g| g.classifier);
+    // The classifier last, the most used spec first.
+    groups.sort_by_key(|g| (g.classifier, std::cmp::Reverse(g.matrices)));
     groups
 }
 
@@ -287,7 +294,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -407,6 +416,7 @@ impl Engine {
                     prepared,
                     GpuLlamaOptions {
                         context: opts.context,
+                        ..Default::default()
                     },
                 )?;
                 let a = ctx.adapter();
@@ -520,7 +530,14 @@ impl Engine {
                 && self.tokenizer.bos() == prompt_ids.first().copied(),
         };
         let tok = self.tokenizer.clone();
-        generate(self.decoder_mut(), &tok, prompt_ids, sampler, &opts, on_text)
+        generate(
+            self.decoder_mut(),
+            &tok,
+            prompt_ids,
+            sampler,
+            &opts,
+            on_text,
+        )
     }
 }
 
@@ -764,7 +781,10 @@ mod tests {
             m("classifier", "a"),
         ]);
         assert_eq!(g.len(), 3);
-        assert_eq!((g[0].spec.as_str(), g[0].matrices, g[0].bytes), ("a", 2, 16));
+        assert_eq!(
+            (g[0].spec.as_str(), g[0].matrices, g[0].bytes),
+            ("a", 2, 16)
+        );
         assert!(g[2].classifier);
     }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use membound::Error;
 use membound::model::WeightPlan;
-use membound::run::{DeviceKind, Engine, EngineOptions, GenerateOptions, Model, StopReason, generate};
+use membound::run::{
+    DeviceKind, Engine, EngineOptions, GenerateOptions, Model, StopReason, generate,
+};
 use membound::sample::{Sampler, SamplingParams};
 use membound::tokenizer::{ChatMessage, chat_prompt};
 use membound_gpu::{GpuContext, GpuError};
@@ -76,7 +78,10 @@ fn llama2xs_greedy_on_cpu() {
     let info = e.info();
     assert_eq!(info.device, DeviceKind::Cpu);
     assert!(info.adapter.is_none());
-    assert_eq!(info.weights_summary(), "f32 ×20 matrices, f32 classifier, f32 embedding");
+    assert_eq!(
+        info.weights_summary(),
+        "f32 ×20 matrices, f32 classifier, f32 embedding"
+    );
 }
 
 #[test]
@@ -84,8 +89,13 @@ fn llama2xs_greedy_on_gpu() {
     let Some(model) = llama2xs() else { return };
     let Some(ctx) = gpu() else { return };
     for spec in ["f32", "f16"] {
-        let mut e = Engine::new(&model, &opts(DeviceKind::Gpu, spec), Some(Arc::clone(&ctx)), &|_, _| {})
-            .unwrap();
+        let mut e = Engine::new(
+            &model,
+            &opts(DeviceKind::Gpu, spec),
+            Some(Arc::clone(&ctx)),
+            &|_, _| {},
+        )
+        .unwrap();
         let g = greedy_from_bos(&mut e, 20);
         assert!(g.text.starts_with(LILY), "{spec}: {:?}", g.text);
         let info = e.info();
@@ -155,7 +165,9 @@ fn prompt_longer_than_context_is_refused() {
 fn cached_prefix_continues_exactly() {
     let Some(model) = llama2xs() else { return };
     let mut e = Engine::new(&model, &opts(DeviceKind::Cpu, "f32"), None, &|_, _| {}).unwrap();
-    let ids = e.encode_prompt("Once upon a time, there was a big dog").unwrap();
+    let ids = e
+        .encode_prompt("Once upon a time, there was a big dog")
+        .unwrap();
     let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
     let whole = e.generate(&ids, 8, &mut s, &mut |_| {}).unwrap();
     let tok = e.tokenizer().clone();
@@ -183,7 +195,10 @@ fn smollm2_capital(device: DeviceKind, ctx: Option<Arc<GpuContext>>) {
     let mut o = opts(device, "f32");
     o.context = Some(256);
     let mut e = Engine::new(&model, &o, ctx, &|_, _| {}).unwrap();
-    let prompt = chat_prompt(&[ChatMessage::new("user", "What is the capital of France?")], true);
+    let prompt = chat_prompt(
+        &[ChatMessage::new("user", "What is the capital of France?")],
+        true,
+    );
     let ids = e.tokenizer().encode(&prompt, false).unwrap();
     let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
     let g = e.generate(&ids, 20, &mut s, &mut |_| {}).unwrap();
