@@ -76,7 +76,7 @@ fn add_rms_norm(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
-// ------------------------------------------------------------- qkv_rope --
+// ------------------------------------------------------------ attention --
 
 override N_HEADS: u32 = 8u;
 override N_KV_HEADS: u32 = 8u;
@@ -87,177 +87,190 @@ override ROPE_HALF: u32 = 0u;
 // 1: add the q/k/v biases before rotating.
 override HAS_BIAS: u32 = 0u;
 
-@group(0) @binding(0) var<uniform> rope_step: Step;
+// Threads per workgroup, positions scored per chunk, and the most query
+// values (heads per KV head × HEAD_DIM) a workgroup stages.
+const ATT_WG: u32 = 256u;
+const ATT_CHUNK: u32 = 256u;
+const ATT_MAX_GROUP: u32 = 8u;
+const ATT_MAX_Q: u32 = 1024u;
+
+@group(0) @binding(0) var<uniform> att_step: Step;
 // q, k, v of this token, concatenated: N_HEADS·HEAD_DIM + 2·N_KV_HEADS·HEAD_DIM.
-@group(0) @binding(1) var<storage, read> rope_qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> att_qkv: array<f32>;
 // The biases in the same order (a dummy when HAS_BIAS is 0).
-@group(0) @binding(2) var<storage, read> rope_bias: array<f32>;
+@group(0) @binding(2) var<storage, read> att_bias: array<f32>;
 // cos and sin of position p and pair i at [2·(p·HEAD_DIM/2 + i)], computed
 // on the host in f64.
-@group(0) @binding(3) var<storage, read> rope_table: array<f32>;
-@group(0) @binding(4) var<storage, read_write> rope_q: array<f32>;
-// Context × KV width, position-major.
-@group(0) @binding(5) var<storage, read_write> rope_k_cache: array<f32>;
-@group(0) @binding(6) var<storage, read_write> rope_v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> att_rope: array<f32>;
+// Context × KV width, position-major, as vec4 (HEAD_DIM % 4 == 0).
+@group(0) @binding(4) var<storage, read_write> att_k_cache: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> att_v_cache: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> att_out: array<f32>;
 
-fn qkv_at(i: u32) -> f32 {
-    var v = rope_qkv[i];
+// The group's rotated queries, pre-scaled by 1/√d.
+var<workgroup> att_qs: array<f32, ATT_MAX_Q>;
+// Scores, then probabilities, of the chunk: [head][position].
+var<workgroup> att_p: array<f32, 2048>;
+// Per head: running max, running sum, and this chunk's rescale factor.
+var<workgroup> att_m: array<f32, ATT_MAX_GROUP>;
+var<workgroup> att_l: array<f32, ATT_MAX_GROUP>;
+var<workgroup> att_r: array<f32, ATT_MAX_GROUP>;
+var<workgroup> att_red: array<f32, ATT_WG>;
+
+fn att_in(i: u32) -> f32 {
+    var v = att_qkv[i];
     if (HAS_BIAS == 1u) {
-        v += rope_bias[i];
+        v += att_bias[i];
     }
     return v;
 }
 
-// One thread per rotated pair of q and k, and per value of v.
-@compute @workgroup_size(64)
-fn qkv_rope(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let t = (wid.x + wid.y * nwg.x) * 64u + lid;
+// Rotates pair `i` of the head starting at `base` of the q/k/v vector;
+// returns the rotated pair and its two offsets within the head.
+fn att_rotate(base: u32, i: u32, pos: u32) -> vec4<f32> {
     let half = HEAD_DIM / 2u;
-    let q_dim = N_HEADS * HEAD_DIM;
-    let kv_dim = N_KV_HEADS * HEAD_DIM;
-    let q_pairs = N_HEADS * half;
-    let k_pairs = N_KV_HEADS * half;
-    let pos = rope_step.pos;
-    if (t < q_pairs + k_pairs) {
-        let is_k = t >= q_pairs;
-        let p = select(t, t - q_pairs, is_k);
-        let head = p / half;
-        let i = p % half;
-        var a = head * HEAD_DIM + 2u * i;
-        var b = a + 1u;
-        if (ROPE_HALF == 1u) {
-            a = head * HEAD_DIM + i;
-            b = a + half;
-        }
-        let off = select(0u, q_dim, is_k);
-        let x0 = qkv_at(off + a);
-        let x1 = qkv_at(off + b);
-        let cs = 2u * (pos * half + i);
-        let c = rope_table[cs];
-        let s = rope_table[cs + 1u];
-        let y0 = x0 * c - x1 * s;
-        let y1 = x0 * s + x1 * c;
-        if (is_k) {
-            rope_k_cache[pos * kv_dim + a] = y0;
-            rope_k_cache[pos * kv_dim + b] = y1;
-        } else {
-            rope_q[a] = y0;
-            rope_q[b] = y1;
-        }
-    } else if (t < q_pairs + k_pairs + kv_dim) {
-        let j = t - q_pairs - k_pairs;
-        rope_v_cache[pos * kv_dim + j] = qkv_at(q_dim + kv_dim + j);
+    var a = 2u * i;
+    var b = a + 1u;
+    if (ROPE_HALF == 1u) {
+        a = i;
+        b = i + half;
     }
+    let x0 = att_in(base + a);
+    let x1 = att_in(base + b);
+    let cs = 2u * (pos * half + i);
+    let c = att_rope[cs];
+    let s = att_rope[cs + 1u];
+    return vec4<f32>(x0 * c - x1 * s, x0 * s + x1 * c, f32(a), f32(b));
 }
 
-// ------------------------------------------------------------ attention --
-
-// Threads per attention workgroup (one workgroup per query head); HEAD_DIM
-// must divide it.
-const ATT_WG: u32 = 256u;
-
-@group(0) @binding(0) var<uniform> att_step: Step;
-@group(0) @binding(1) var<storage, read> att_q: array<f32>;
-@group(0) @binding(2) var<storage, read> att_k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> att_v_cache: array<f32>;
-@group(0) @binding(4) var<storage, read_write> att_out: array<f32>;
-
-var<workgroup> att_qs: array<f32, ATT_WG>;
-var<workgroup> att_p: array<f32, ATT_WG>;
-var<workgroup> att_red: array<f32, ATT_WG>;
-
-fn att_reduce_max(lid: u32, v: f32) -> f32 {
-    att_red[lid] = v;
-    workgroupBarrier();
-    for (var s = ATT_WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            att_red[lid] = max(att_red[lid], att_red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = att_red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn att_reduce_sum(lid: u32, v: f32) -> f32 {
-    att_red[lid] = v;
-    workgroupBarrier();
-    for (var s = ATT_WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            att_red[lid] = att_red[lid] + att_red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = att_red[0];
-    workgroupBarrier();
-    return r;
-}
-
-// softmax(q·Kᵀ/√d)·V for one query head over positions 0..=pos, in chunks
-// of ATT_WG positions with a running max (online softmax). Thread `lid`
-// scores position chunk + lid, then accumulates output dimension
-// lid % HEAD_DIM over every (ATT_WG / HEAD_DIM)-th position of the chunk.
+// One workgroup per KV head: adds the biases, rotates this token's k (and
+// the group's q) to its position, writes k and v into the cache, then
+// computes softmax(q·Kᵀ/√d)·V over positions 0..=pos for every query head
+// sharing this KV head, reading K and V once for the group. Positions go
+// in chunks of ATT_CHUNK with a running max per head (online softmax).
 @compute @workgroup_size(256)
 fn attention(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let h = wid.x;
+    let kvh = wid.x;
+    let group = N_HEADS / N_KV_HEADS;
+    let half = HEAD_DIM / 2u;
+    let q_dim = N_HEADS * HEAD_DIM;
     let kv_dim = N_KV_HEADS * HEAD_DIM;
-    let kvh = h / (N_HEADS / N_KV_HEADS);
-    let head_off = kvh * HEAD_DIM;
+    let kv4 = kv_dim / 4u;
+    let hd4 = HEAD_DIM / 4u;
+    let pos = att_step.pos;
     let scale = inverseSqrt(f32(HEAD_DIM));
-    if (lid < HEAD_DIM) {
-        att_qs[lid] = att_q[h * HEAD_DIM + lid] * scale;
+
+    // Bias + RoPE + cache write for this KV head; the group's queries.
+    for (var t = lid; t < (group + 1u) * half; t += ATT_WG) {
+        let hh = t / half;
+        let i = t % half;
+        if (hh < group) {
+            let head = kvh * group + hh;
+            let r = att_rotate(head * HEAD_DIM, i, pos);
+            att_qs[hh * HEAD_DIM + u32(r.z)] = r.x * scale;
+            att_qs[hh * HEAD_DIM + u32(r.w)] = r.y * scale;
+        } else {
+            let r = att_rotate(q_dim + kvh * HEAD_DIM, i, pos);
+            let a = pos * kv_dim + kvh * HEAD_DIM + u32(r.z);
+            let b = pos * kv_dim + kvh * HEAD_DIM + u32(r.w);
+            att_k_cache[a / 4u][a % 4u] = r.x;
+            att_k_cache[b / 4u][b % 4u] = r.y;
+        }
     }
+    for (var j = lid; j < HEAD_DIM; j += ATT_WG) {
+        let at = pos * kv_dim + kvh * HEAD_DIM + j;
+        att_v_cache[at / 4u][at % 4u] = att_in(q_dim + kv_dim + kvh * HEAD_DIM + j);
+    }
+    if (lid < group) {
+        att_m[lid] = -3.0e38;
+        att_l[lid] = 0.0;
+    }
+    storageBarrier();
     workgroupBarrier();
-    let n = att_step.pos + 1u;
+
+    let n = pos + 1u;
+    // Output dimension and position lane of this thread in the V pass.
     let d = lid % HEAD_DIM;
     let lane = lid / HEAD_DIM;
     let lanes = ATT_WG / HEAD_DIM;
-    var m = -3.0e38;
-    var l = 0.0;
-    var acc = 0.0;
-    for (var c = 0u; c < n; c += ATT_WG) {
-        let t = c + lid;
-        var s = -3.0e38;
-        if (t < n) {
-            let kb = t * kv_dim + head_off;
-            var dot = 0.0;
-            for (var i = 0u; i < HEAD_DIM; i++) {
-                dot += att_qs[i] * att_k_cache[kb + i];
+    var acc: array<f32, ATT_MAX_GROUP>;
+    for (var g = 0u; g < ATT_MAX_GROUP; g++) {
+        acc[g] = 0.0;
+    }
+    for (var c = 0u; c < n; c += ATT_CHUNK) {
+        let len = min(ATT_CHUNK, n - c);
+        // Scores: a thread per position, K read once for the group.
+        if (lid < len) {
+            let kb = (c + lid) * kv4 + kvh * hd4;
+            var dots: array<f32, ATT_MAX_GROUP>;
+            for (var g = 0u; g < ATT_MAX_GROUP; g++) {
+                dots[g] = 0.0;
             }
-            s = dot;
+            for (var i = 0u; i < hd4; i++) {
+                let k = att_k_cache[kb + i];
+                for (var g = 0u; g < group; g++) {
+                    let qb = g * HEAD_DIM + 4u * i;
+                    dots[g] += dot(k, vec4<f32>(att_qs[qb], att_qs[qb + 1u], att_qs[qb + 2u], att_qs[qb + 3u]));
+                }
+            }
+            for (var g = 0u; g < group; g++) {
+                att_p[g * ATT_CHUNK + lid] = dots[g];
+            }
         }
-        let new_m = max(m, att_reduce_max(lid, s));
-        var p = 0.0;
-        if (t < n) {
-            p = exp(s - new_m);
+        workgroupBarrier();
+        // Per head: the chunk's max, the rescale of what came before.
+        if (lid < group) {
+            var cm = -3.0e38;
+            for (var t = 0u; t < len; t++) {
+                cm = max(cm, att_p[lid * ATT_CHUNK + t]);
+            }
+            let m_new = max(att_m[lid], cm);
+            att_r[lid] = exp(att_m[lid] - m_new);
+            att_m[lid] = m_new;
         }
-        att_p[lid] = p;
-        let rescale = exp(m - new_m);
-        l = l * rescale + att_reduce_sum(lid, p);
-        m = new_m;
-        acc *= rescale;
-        let len = min(ATT_WG, n - c);
-        for (var j = lane; j < len; j += lanes) {
-            acc += att_p[j] * att_v_cache[(c + j) * kv_dim + head_off + d];
+        workgroupBarrier();
+        if (lid < len) {
+            for (var g = 0u; g < group; g++) {
+                att_p[g * ATT_CHUNK + lid] = exp(att_p[g * ATT_CHUNK + lid] - att_m[g]);
+            }
+        }
+        workgroupBarrier();
+        if (lid < group) {
+            var sum = 0.0;
+            for (var t = 0u; t < len; t++) {
+                sum += att_p[lid * ATT_CHUNK + t];
+            }
+            att_l[lid] = att_l[lid] * att_r[lid] + sum;
+        }
+        // V: thread (lane, d) adds every lanes-th position of the chunk to
+        // output dimension d of every head in the group.
+        for (var g = 0u; g < group; g++) {
+            acc[g] *= att_r[g];
+        }
+        for (var t = lane; t < len; t += lanes) {
+            let at = (c + t) * kv_dim + kvh * HEAD_DIM + d;
+            let v = att_v_cache[at / 4u][at % 4u];
+            for (var g = 0u; g < group; g++) {
+                acc[g] += att_p[g * ATT_CHUNK + t] * v;
+            }
         }
         workgroupBarrier();
     }
-    att_red[lid] = acc;
-    workgroupBarrier();
-    if (lid < HEAD_DIM) {
-        var total = 0.0;
-        for (var g = 0u; g < lanes; g++) {
-            total += att_red[g * HEAD_DIM + lid];
+    // Add the lanes' partial sums.
+    for (var g = 0u; g < group; g++) {
+        att_red[lid] = acc[g];
+        workgroupBarrier();
+        if (lid < HEAD_DIM) {
+            var total = 0.0;
+            for (var k = 0u; k < lanes; k++) {
+                total += att_red[k * HEAD_DIM + lid];
+            }
+            att_out[(kvh * group + g) * HEAD_DIM + lid] = total / att_l[g];
         }
-        att_out[h * HEAD_DIM + lid] = total / l;
+        workgroupBarrier();
     }
 }
 

@@ -66,6 +66,10 @@ struct DecodeArgs {
     /// Seed of synthetic weights.
     #[arg(long, default_value_t = 1)]
     seed: u32,
+    /// Command submissions per token: more than 1 lets the GPU start while
+    /// the host still records the rest of the token.
+    #[arg(long, default_value_t = 1)]
+    submissions: usize,
     /// Peak memory bandwidth in GB/s, overriding the datasheet table.
     #[arg(long)]
     peak_gbps: Option<f64>,
@@ -276,6 +280,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         context: None,
         profile_reps: a.profile_reps,
         seed: a.seed,
+        submissions: a.submissions,
     };
     let loaded;
     let subject = match (&a.synthetic, &a.model) {

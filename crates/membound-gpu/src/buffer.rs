@@ -135,17 +135,23 @@ impl GpuBuffer {
         if len == 0 {
             return Ok(Vec::new());
         }
-        read_back(ctx, &[], self, offset, len)
+        read_back(ctx, &[], 1, self, offset, len)
     }
 
-    /// Records `calls` into one compute pass and, in the same submission,
+    /// Records `calls` into compute passes and, in the last submission,
     /// copies `len` bytes of this buffer from `offset` to the host; waits
-    /// and returns them. A decode step thus costs one submission, and reads
-    /// back only what the host needs (a token id, or the logits).
+    /// and returns them. A decode step thus reads back only what the host
+    /// needs (a token id, or the logits).
+    ///
+    /// With `submissions` = 1 everything goes in one submission. With more,
+    /// the calls are split into that many submissions, each sent as soon as
+    /// it is recorded, so the GPU runs the first part while the host still
+    /// records the rest (recording costs the host a few µs a dispatch).
     pub fn run_and_read(
         &self,
         ctx: &GpuContext,
         calls: &[&crate::Dispatch],
+        submissions: usize,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>> {
@@ -159,7 +165,7 @@ impl GpuBuffer {
                 ),
             ));
         }
-        read_back(ctx, calls, self, offset, len)
+        read_back(ctx, calls, submissions, self, offset, len)
     }
 
     /// Checks that the whole buffer may be bound as one storage binding.
@@ -201,6 +207,7 @@ pub fn check_binding_size(ctx: &GpuContext, name: &str, size: u64) -> Result<()>
 fn read_back(
     ctx: &GpuContext,
     calls: &[&crate::Dispatch],
+    submissions: usize,
     source: &GpuBuffer,
     offset: u64,
     len: u64,
@@ -238,18 +245,29 @@ fn read_back(
         unreachable!("the staging buffer was just created")
     };
 
-    let mut encoder = ctx
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("membound read-back"),
-        });
-    if !calls.is_empty() {
+    let new_encoder = || {
+        ctx.device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("membound read-back"),
+            })
+    };
+    let record = |encoder: &mut wgpu::CommandEncoder, calls: &[&crate::Dispatch]| {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("membound"),
             timestamp_writes: None,
         });
         for call in calls {
             call.record(&mut pass);
+        }
+    };
+    let per = calls.len().div_ceil(submissions.max(1)).max(1);
+    let mut pieces = calls.chunks(per).peekable();
+    let mut encoder = new_encoder();
+    while let Some(piece) = pieces.next() {
+        record(&mut encoder, piece);
+        if pieces.peek().is_some() {
+            ctx.queue().submit([encoder.finish()]);
+            encoder = new_encoder();
         }
     }
     encoder.copy_buffer_to_buffer(source.raw(), offset, staging, 0, len);

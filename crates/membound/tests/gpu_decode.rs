@@ -68,6 +68,7 @@ fn compare(
         &prepared,
         GpuLlamaOptions {
             context: Some(steps + 1),
+            submissions: 3,
         },
     )
     .unwrap();
@@ -160,7 +161,10 @@ fn bad_requests_are_errors() {
     let Some(ctx) = gpu() else { return };
     let (cfg, w) = load(&path);
     let prepared = prepare(&cfg, &w, &WeightPlan::uniform("f16"), &|_, _| {}).unwrap();
-    let opts = GpuLlamaOptions { context: Some(8) };
+    let opts = GpuLlamaOptions {
+        context: Some(8),
+        ..Default::default()
+    };
     let mut m = GpuLlama::new(Arc::clone(&ctx), &prepared, opts).unwrap();
     let e = m.forward(cfg.vocab_size as u32, 0).unwrap_err().to_string();
     assert!(e.contains("outside the vocabulary"), "{e}");
@@ -168,6 +172,7 @@ fn bad_requests_are_errors() {
     assert!(e.contains("past the KV cache"), "{e}");
     let too_long = GpuLlamaOptions {
         context: Some(cfg.max_seq_len + 1),
+        ..Default::default()
     };
     let e = GpuLlama::new(Arc::clone(&ctx), &prepared, too_long)
         .unwrap_err()
@@ -193,7 +198,10 @@ fn synthetic_model_decodes() {
     cfg.n_kv_heads = 2;
     cfg.vocab_size = 1000;
     for spec in ["f16", "affine:bits=4,group=64"] {
-        let opts = GpuLlamaOptions { context: Some(16) };
+        let opts = GpuLlamaOptions {
+            context: Some(16),
+            ..Default::default()
+        };
         let mut a = GpuLlama::synthetic(Arc::clone(&ctx), &cfg, spec, 7, opts).unwrap();
         let mut b = GpuLlama::synthetic(Arc::clone(&ctx), &cfg, spec, 7, opts).unwrap();
         let la = a.forward(3, 0).unwrap();

@@ -1,6 +1,6 @@
 //! The small kernels of a LLaMA-family decode step (`shaders/llama_ops.wgsl`):
-//! RMSNorm with the residual add fused in, bias + RoPE +
-//! KV-cache write, attention over the cache, SwiGLU and argmax.
+//! RMSNorm with the residual add fused in, attention (with the biases,
+//! RoPE and the KV-cache write fused in), SwiGLU and argmax.
 //!
 //! Each function checks its buffers and returns a [`Dispatch`] to record
 //! every token. The step's position and token live in a 16-byte uniform
@@ -53,7 +53,7 @@ pub struct AttentionShape {
     pub n_heads: usize,
     /// Key/value heads; divides `n_heads`.
     pub n_kv_heads: usize,
-    /// Width of a head: even, and a divisor of 256.
+    /// Width of a head: a multiple of 4 that divides 256.
     pub head_dim: usize,
     /// Positions the KV cache holds.
     pub context: usize,
@@ -81,9 +81,17 @@ impl AttentionShape {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 || 256 % self.head_dim != 0 {
+        if self.head_dim == 0 || self.head_dim % 4 != 0 || 256 % self.head_dim != 0 {
             return bad(format!(
-                "head width {}: the kernel takes even divisors of 256",
+                "head width {}: the kernel takes multiples of 4 that divide 256",
+                self.head_dim
+            ));
+        }
+        let group = self.n_heads / self.n_kv_heads;
+        if group > 8 || group * self.head_dim > 1024 {
+            return bad(format!(
+                "{group} query heads of width {} per KV head: the kernel stages at most 8 \
+                 heads and 1024 values",
                 self.head_dim
             ));
         }
@@ -258,22 +266,24 @@ impl KvCache {
     }
 }
 
-/// Adds the optional q/k/v `bias` to `qkv` (q, k and v of this token,
+/// The decode step's attention for every head, one workgroup per KV head:
+/// adds the optional q/k/v `bias` to `qkv` (q, k and v of this token,
 /// concatenated), rotates q and k to the step's position with `rope_table`
-/// (from [`AttentionShape::rope_table`]), writes q to `q` and k, v into the
-/// cache at the position.
+/// (from [`AttentionShape::rope_table`]), writes k and v into `cache` at the
+/// position, and writes `out = softmax(q·Kᵀ/√d)·V` over positions `0..=pos`
+/// for each query head. K and V are read once per group of query heads.
 #[allow(clippy::too_many_arguments)]
-pub fn qkv_rope(
+pub fn attention(
     ctx: &GpuContext,
     shape: &AttentionShape,
     step: &StepBuffer,
     qkv: &GpuVector,
     bias: Option<&GpuVector>,
     rope_table: &GpuVector,
-    q: &GpuVector,
     cache: &KvCache,
+    out: &GpuVector,
 ) -> Result<Dispatch> {
-    let what = "bias + RoPE + KV write";
+    let what = "attention";
     shape.check()?;
     let total = shape.q_dim() + 2 * shape.kv_dim();
     need(what, qkv, total)?;
@@ -281,13 +291,13 @@ pub fn qkv_rope(
         need(what, b, total)?;
     }
     need(what, rope_table, shape.context * shape.head_dim)?;
-    need(what, q, shape.q_dim())?;
+    need(what, out, shape.q_dim())?;
     let cache_bytes = (shape.context * shape.kv_dim() * 4) as u64;
     need_bytes(what, &cache.k, cache_bytes)?;
     need_bytes(what, &cache.v, cache_bytes)?;
     let p = pipeline(
         ctx,
-        "qkv_rope",
+        "attention",
         &[
             ("N_HEADS", u32_of(what, shape.n_heads)?),
             ("N_KV_HEADS", u32_of(what, shape.n_kv_heads)?),
@@ -305,8 +315,7 @@ pub fn qkv_rope(
             Binding::StorageReadWrite,
         ],
     )?;
-    let threads = (shape.n_heads + shape.n_kv_heads) * shape.head_dim / 2 + shape.kv_dim();
-    let grid = ctx.grid_1d(what, threads.div_ceil(64) as u32)?;
+    let grid = [u32_of(what, shape.n_kv_heads)? as u32, 1, 1];
     one(
         ctx,
         p,
@@ -315,49 +324,10 @@ pub fn qkv_rope(
             qkv.buffer(),
             bias.unwrap_or(qkv).buffer(),
             rope_table.buffer(),
-            q.buffer(),
             &cache.k,
             &cache.v,
+            out.buffer(),
         ],
-        grid,
-    )
-}
-
-/// `out = softmax(q·Kᵀ/√d)·V` per query head over cache positions
-/// `0..=pos`, one workgroup per head.
-pub fn attention(
-    ctx: &GpuContext,
-    shape: &AttentionShape,
-    step: &StepBuffer,
-    q: &GpuVector,
-    cache: &KvCache,
-    out: &GpuVector,
-) -> Result<Dispatch> {
-    let what = "attention";
-    shape.check()?;
-    need(what, q, shape.q_dim())?;
-    need(what, out, shape.q_dim())?;
-    let p = pipeline(
-        ctx,
-        "attention",
-        &[
-            ("N_HEADS", u32_of(what, shape.n_heads)?),
-            ("N_KV_HEADS", u32_of(what, shape.n_kv_heads)?),
-            ("HEAD_DIM", u32_of(what, shape.head_dim)?),
-        ],
-        &[
-            Binding::Uniform,
-            Binding::Storage,
-            Binding::Storage,
-            Binding::Storage,
-            Binding::StorageReadWrite,
-        ],
-    )?;
-    let grid = [u32_of(what, shape.n_heads)? as u32, 1, 1];
-    one(
-        ctx,
-        p,
-        &[step.buffer(), q.buffer(), &cache.k, &cache.v, out.buffer()],
         grid,
     )
 }

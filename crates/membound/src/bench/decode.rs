@@ -33,6 +33,8 @@ pub struct Config {
     pub profile_reps: usize,
     /// Seed of synthetic weights.
     pub seed: u32,
+    /// Command submissions per token (see [`GpuLlamaOptions::submissions`]).
+    pub submissions: usize,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             context: None,
             profile_reps: 10,
             seed: 1,
+            submissions: 1,
         }
     }
 }
@@ -178,6 +181,7 @@ pub fn run(
     }
     let opts = GpuLlamaOptions {
         context: Some(context),
+        submissions: cfg.submissions,
     };
     let mut rows: Vec<Row> = Vec::new();
     for spec in specs {

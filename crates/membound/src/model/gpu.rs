@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! (embedding row written by the host)
-//!       → [add+RMSNorm → qkv GEMV → bias+RoPE+KV write → attention → o GEMV
+//!       → [add+RMSNorm → qkv GEMV → attention (bias, RoPE, KV write fused) → o GEMV
 //!          → add+RMSNorm → gate/up GEMV → SwiGLU → down GEMV] × layers
 //!       → add+RMSNorm → classifier GEMV → argmax
 //! ```
@@ -496,6 +496,18 @@ pub struct GpuLlamaOptions {
     /// Positions the KV cache holds; `None`: the model's context, at most
     /// 4096.
     pub context: Option<usize>,
+    /// Command submissions per token (at least 1). With more than one, the
+    /// GPU starts on the first layers while the host records the rest.
+    pub submissions: usize,
+}
+
+impl Default for GpuLlamaOptions {
+    fn default() -> Self {
+        Self {
+            context: None,
+            submissions: 1,
+        }
+    }
 }
 
 /// What each kind of dispatch in a token costs.
@@ -538,6 +550,7 @@ pub struct GpuLlama {
     ctx: Arc<GpuContext>,
     cfg: LlamaConfig,
     context: usize,
+    submissions: usize,
     step: StepBuffer,
     /// The residual stream; the host writes the token's embedding row here.
     x: GpuVector,
@@ -702,7 +715,6 @@ impl GpuLlama {
         let x = vec("residual", d)?;
         let xb = vec("normed", d)?;
         let qkv = vec("qkv", d + 2 * kv)?;
-        let q = vec("q", d)?;
         let att = vec("attention out", d)?;
         let y = vec("projection out", d)?;
         let gate_up = vec("gate/up", 2 * h)?;
@@ -732,10 +744,9 @@ impl GpuLlama {
             calls.push((OpKind::Elementwise, norm_in));
             calls.push((OpKind::Gemv, l.qkv.bind(c, &xb, &qkv)?));
             calls.push((
-                OpKind::Elementwise,
-                ops::qkv_rope(c, &shape, &step, &qkv, l.bias.as_ref(), &rope, &q, &cache)?,
+                OpKind::Attention,
+                ops::attention(c, &shape, &step, &qkv, l.bias.as_ref(), &rope, &cache, &att)?,
             ));
-            calls.push((OpKind::Attention, ops::attention(c, &shape, &step, &q, &cache, &att)?));
             calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
             calls.push((
                 OpKind::Elementwise,
@@ -760,11 +771,12 @@ impl GpuLlama {
         matrices.push(classifier);
         let weight_bytes = matrices.iter().map(GpuMatrix::weight_bytes).sum::<u64>()
             + ((cfg.n_layers * 2 + 1) * d * 4 + d * if embed_f16 { 2 } else { 4 }) as u64;
-        buffers.extend([xb, qkv, q, att, y, gate_up, hidden, rope, norm]);
+        buffers.extend([xb, qkv, att, y, gate_up, hidden, rope, norm]);
         ctx.check()?;
         Ok(Self {
             cfg: cfg.clone(),
             context,
+            submissions: opts.submissions.max(1),
             step,
             x,
             embed,
@@ -864,7 +876,7 @@ impl GpuLlama {
         let mut token = Vec::with_capacity(reps);
         for _ in 0..reps {
             let t = Instant::now();
-            self.next.run_and_read(&self.ctx, &calls, 0, 4)?;
+            self.next.run_and_read(&self.ctx, &calls, self.submissions, 0, 4)?;
             token.push(t.elapsed());
         }
         token.sort_unstable();
@@ -905,14 +917,14 @@ impl Decoder for GpuLlama {
         self.start(token, pos)?;
         let calls = self.token_calls(false);
         let n = (self.cfg.vocab_size * 4) as u64;
-        let bytes = self.logits.buffer().run_and_read(&self.ctx, &calls, 0, n)?;
+        let bytes = self.logits.buffer().run_and_read(&self.ctx, &calls, self.submissions, 0, n)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
         self.start(token, pos)?;
         let calls = self.token_calls(true);
-        let bytes = self.next.run_and_read(&self.ctx, &calls, 0, 4)?;
+        let bytes = self.next.run_and_read(&self.ctx, &calls, self.submissions, 0, 4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 }
