@@ -256,3 +256,33 @@ fn help_teaches() {
         assert!(out.contains("--json"), "{cmd}");
     }
 }
+
+/// The demo's three sections on the small fixture, on the CPU (no profile).
+#[test]
+fn demo_json_on_the_cpu() {
+    let Some(_) = llama2xs() else { return };
+    let args = [
+        "demo",
+        "--model",
+        "llama2xs-280K",
+        "--device",
+        "cpu",
+        "--max-tokens",
+        "6",
+        "--kl-tokens",
+        "32",
+        "--json",
+    ];
+    let (code, out, err) = membound(&args, None);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["compression"].as_array().unwrap().len(), 12);
+    let bytes = v["bytes_per_token"].as_array().unwrap();
+    assert!(bytes[2]["bytes_per_token"].as_u64() < bytes[1]["bytes_per_token"].as_u64());
+    let gens = v["generation"].as_array().unwrap();
+    assert_eq!(gens.len(), 2);
+    assert_eq!(gens[0]["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(v["kl"]["tokens"], 32);
+    assert!(v["kl"]["kl"].as_f64().unwrap() > 0.0);
+    assert!(v["profile"].as_array().unwrap().is_empty());
+}
