@@ -43,16 +43,30 @@ fn norm_reduce(lid: u32, v: f32) -> f32 {
 @group(0) @binding(2) var<storage, read_write> norm_out: array<f32>;
 
 // out = x / rms(x) * weight, in one workgroup.
+// Values of x each thread holds in registers: DIM ≤ NORM_WG · NORM_PER.
+const NORM_PER: u32 = 32u;
+
+// out = x / rms(x) * weight, in one workgroup. Each thread loads its
+// values once, all loads in flight together.
 @compute @workgroup_size(256)
 fn rms_norm(@builtin(local_invocation_index) lid: u32) {
+    var vals: array<f32, NORM_PER>;
     var ss = 0.0;
-    for (var i = lid; i < DIM; i += NORM_WG) {
-        let v = norm_x[i];
+    for (var k = 0u; k < NORM_PER; k++) {
+        let i = lid + k * NORM_WG;
+        var v = 0.0;
+        if (i < DIM) {
+            v = norm_x[i];
+        }
+        vals[k] = v;
         ss += v * v;
     }
     let inv = inverseSqrt(norm_reduce(lid, ss) / f32(DIM) + NORM_EPS);
-    for (var i = lid; i < DIM; i += NORM_WG) {
-        norm_out[i] = norm_weight[i] * (norm_x[i] * inv);
+    for (var k = 0u; k < NORM_PER; k++) {
+        let i = lid + k * NORM_WG;
+        if (i < DIM) {
+            norm_out[i] = norm_weight[i] * (vals[k] * inv);
+        }
     }
 }
 
@@ -64,15 +78,24 @@ fn rms_norm(@builtin(local_invocation_index) lid: u32) {
 // x += y (the residual), then out = x / rms(x) * weight, in one workgroup.
 @compute @workgroup_size(256)
 fn add_rms_norm(@builtin(local_invocation_index) lid: u32) {
+    var vals: array<f32, NORM_PER>;
     var ss = 0.0;
-    for (var i = lid; i < DIM; i += NORM_WG) {
-        let v = add_x[i] + add_y[i];
-        add_x[i] = v;
+    for (var k = 0u; k < NORM_PER; k++) {
+        let i = lid + k * NORM_WG;
+        var v = 0.0;
+        if (i < DIM) {
+            v = add_x[i] + add_y[i];
+            add_x[i] = v;
+        }
+        vals[k] = v;
         ss += v * v;
     }
     let inv = inverseSqrt(norm_reduce(lid, ss) / f32(DIM) + NORM_EPS);
-    for (var i = lid; i < DIM; i += NORM_WG) {
-        add_out[i] = add_weight[i] * (add_x[i] * inv);
+    for (var k = 0u; k < NORM_PER; k++) {
+        let i = lid + k * NORM_WG;
+        if (i < DIM) {
+            add_out[i] = add_weight[i] * (vals[k] * inv);
+        }
     }
 }
 
@@ -87,12 +110,15 @@ override ROPE_HALF: u32 = 0u;
 // 1: add the q/k/v biases before rotating.
 override HAS_BIAS: u32 = 0u;
 
-// Threads per workgroup, positions scored per chunk, and the most query
-// values (heads per KV head × HEAD_DIM) a workgroup stages.
+// Threads per workgroup, and the most query values (heads per KV head ×
+// HEAD_DIM) a workgroup stages.
 const ATT_WG: u32 = 256u;
-const ATT_CHUNK: u32 = 256u;
 const ATT_MAX_GROUP: u32 = 8u;
 const ATT_MAX_Q: u32 = 1024u;
+// Threads sharing one position's dot products (each takes a quarter of the
+// head when HEAD_DIM / 4 is a multiple of 4), and positions per chunk.
+const ATT_SLICES: u32 = 4u;
+const ATT_CHUNK: u32 = ATT_WG / ATT_SLICES;
 
 @group(0) @binding(0) var<uniform> att_step: Step;
 // q, k, v of this token, concatenated: N_HEADS·HEAD_DIM + 2·N_KV_HEADS·HEAD_DIM.
@@ -110,12 +136,13 @@ const ATT_MAX_Q: u32 = 1024u;
 // The group's rotated queries, pre-scaled by 1/√d.
 var<workgroup> att_qs: array<f32, ATT_MAX_Q>;
 // Scores, then probabilities, of the chunk: [head][position].
-var<workgroup> att_p: array<f32, 2048>;
+var<workgroup> att_p: array<f32, 512>;
+// Partial dot products [head][position][slice]; later the V partial sums.
+var<workgroup> att_part: array<f32, 2048>;
 // Per head: running max, running sum, and this chunk's rescale factor.
 var<workgroup> att_m: array<f32, ATT_MAX_GROUP>;
 var<workgroup> att_l: array<f32, ATT_MAX_GROUP>;
 var<workgroup> att_r: array<f32, ATT_MAX_GROUP>;
-var<workgroup> att_red: array<f32, ATT_WG>;
 
 fn att_in(i: u32) -> f32 {
     var v = att_qkv[i];
@@ -192,32 +219,51 @@ fn attention(
     workgroupBarrier();
 
     let n = pos + 1u;
-    // Output dimension and position lane of this thread in the V pass.
-    let d = lid % HEAD_DIM;
-    let lane = lid / HEAD_DIM;
-    let lanes = ATT_WG / HEAD_DIM;
-    var acc: array<f32, ATT_MAX_GROUP>;
+    // Score pass: position lid / slices, a 1/slices share of the head.
+    var slices = 1u;
+    if (hd4 % ATT_SLICES == 0u) {
+        slices = ATT_SLICES;
+    }
+    let per = hd4 / slices;
+    let st = lid / slices;
+    let sl = lid % slices;
+    // V pass: four output dimensions d4 of every head, every lanes-th
+    // position of the chunk.
+    let d4 = lid % hd4;
+    let lane = lid / hd4;
+    let lanes = ATT_WG / hd4;
+    var acc: array<vec4<f32>, ATT_MAX_GROUP>;
     for (var g = 0u; g < ATT_MAX_GROUP; g++) {
-        acc[g] = 0.0;
+        acc[g] = vec4<f32>(0.0);
     }
     for (var c = 0u; c < n; c += ATT_CHUNK) {
         let len = min(ATT_CHUNK, n - c);
-        // Scores: a thread per position, K read once for the group.
-        if (lid < len) {
-            let kb = (c + lid) * kv4 + kvh * hd4;
+        if (st < len) {
+            let kb = (c + st) * kv4 + kvh * hd4 + sl * per;
             var dots: array<f32, ATT_MAX_GROUP>;
             for (var g = 0u; g < ATT_MAX_GROUP; g++) {
                 dots[g] = 0.0;
             }
-            for (var i = 0u; i < hd4; i++) {
+            for (var i = 0u; i < per; i++) {
                 let k = att_k_cache[kb + i];
+                let qo = 4u * (sl * per + i);
                 for (var g = 0u; g < group; g++) {
-                    let qb = g * HEAD_DIM + 4u * i;
+                    let qb = g * HEAD_DIM + qo;
                     dots[g] += dot(k, vec4<f32>(att_qs[qb], att_qs[qb + 1u], att_qs[qb + 2u], att_qs[qb + 3u]));
                 }
             }
             for (var g = 0u; g < group; g++) {
-                att_p[g * ATT_CHUNK + lid] = dots[g];
+                att_part[(g * ATT_CHUNK + st) * ATT_SLICES + sl] = dots[g];
+            }
+        }
+        workgroupBarrier();
+        if (lid < len) {
+            for (var g = 0u; g < group; g++) {
+                var sum = 0.0;
+                for (var k = 0u; k < slices; k++) {
+                    sum += att_part[(g * ATT_CHUNK + lid) * ATT_SLICES + k];
+                }
+                att_p[g * ATT_CHUNK + lid] = sum;
             }
         }
         workgroupBarrier();
@@ -245,14 +291,11 @@ fn attention(
             }
             att_l[lid] = att_l[lid] * att_r[lid] + sum;
         }
-        // V: thread (lane, d) adds every lanes-th position of the chunk to
-        // output dimension d of every head in the group.
         for (var g = 0u; g < group; g++) {
             acc[g] *= att_r[g];
         }
         for (var t = lane; t < len; t += lanes) {
-            let at = (c + t) * kv_dim + kvh * HEAD_DIM + d;
-            let v = att_v_cache[at / 4u][at % 4u];
+            let v = att_v_cache[(c + t) * kv4 + kvh * hd4 + d4];
             for (var g = 0u; g < group; g++) {
                 acc[g] += att_p[g * ATT_CHUNK + t] * v;
             }
@@ -261,12 +304,16 @@ fn attention(
     }
     // Add the lanes' partial sums.
     for (var g = 0u; g < group; g++) {
-        att_red[lid] = acc[g];
+        for (var j = 0u; j < 4u; j++) {
+            att_part[lid * 4u + j] = acc[g][j];
+        }
         workgroupBarrier();
         if (lid < HEAD_DIM) {
+            let dd = lid / 4u;
+            let j = lid % 4u;
             var total = 0.0;
             for (var k = 0u; k < lanes; k++) {
-                total += att_red[k * HEAD_DIM + lid];
+                total += att_part[(k * hd4 + dd) * 4u + j];
             }
             att_out[(kvh * group + g) * HEAD_DIM + lid] = total / att_l[g];
         }
@@ -302,42 +349,83 @@ fn swiglu(
 // Logits to search.
 override VOCAB: u32 = 512u;
 const ARGMAX_WG: u32 = 256u;
+// Workgroups of the first stage; the second reduces their winners.
+const ARGMAX_GROUPS: u32 = 64u;
+const NONE: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<storage, read> argmax_logits: array<f32>;
+// Per first-stage workgroup: the winner's value bits and index.
+@group(0) @binding(1) var<storage, read_write> argmax_partial: array<vec2<u32>>;
+
+@group(0) @binding(0) var<storage, read> argmax_partial_in: array<vec2<u32>>;
 @group(0) @binding(1) var<storage, read_write> argmax_out: array<u32>;
 
 var<workgroup> argmax_val: array<f32, ARGMAX_WG>;
 var<workgroup> argmax_idx: array<u32, ARGMAX_WG>;
 
-// Index of the largest logit (the lowest index on ties; NaN never wins), in
-// one workgroup.
-@compute @workgroup_size(256)
-fn argmax(@builtin(local_invocation_index) lid: u32) {
-    var best = -3.4e38;
-    var best_i = 0xffffffffu;
-    for (var i = lid; i < VOCAB; i += ARGMAX_WG) {
-        let v = argmax_logits[i];
-        if (v > best || (best_i == 0xffffffffu && v == v)) {
-            best = v;
-            best_i = i;
-        }
+// Whether candidate (v, j) beats (best, best_j): larger, or equal with a
+// lower index; NaN never wins and NONE marks no candidate.
+fn argmax_better(v: f32, j: u32, best: f32, best_j: u32) -> bool {
+    if (j == NONE || v != v) {
+        return false;
     }
-    argmax_val[lid] = best;
-    argmax_idx[lid] = best_i;
+    return best_j == NONE || v > best || (v == best && j < best_j);
+}
+
+// Reduces the workgroup's candidates into slot 0.
+fn argmax_reduce(lid: u32) {
     workgroupBarrier();
     for (var s = ARGMAX_WG / 2u; s > 0u; s = s / 2u) {
         if (lid < s) {
             let v = argmax_val[lid + s];
             let j = argmax_idx[lid + s];
-            let better = v > argmax_val[lid] || (v == argmax_val[lid] && j < argmax_idx[lid]);
-            if (j != 0xffffffffu && (argmax_idx[lid] == 0xffffffffu || better)) {
+            if (argmax_better(v, j, argmax_val[lid], argmax_idx[lid])) {
                 argmax_val[lid] = v;
                 argmax_idx[lid] = j;
             }
         }
         workgroupBarrier();
     }
+}
+
+// First stage: each workgroup finds the best of its strided share.
+@compute @workgroup_size(256)
+fn argmax_stage1(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    var best = 0.0;
+    var best_i = NONE;
+    for (var i = wid.x * ARGMAX_WG + lid; i < VOCAB; i += ARGMAX_GROUPS * ARGMAX_WG) {
+        let v = argmax_logits[i];
+        if (argmax_better(v, i, best, best_i)) {
+            best = v;
+            best_i = i;
+        }
+    }
+    argmax_val[lid] = best;
+    argmax_idx[lid] = best_i;
+    argmax_reduce(lid);
     if (lid == 0u) {
-        argmax_out[0] = select(argmax_idx[0], 0u, argmax_idx[0] == 0xffffffffu);
+        argmax_partial[wid.x] = vec2<u32>(bitcast<u32>(argmax_val[0]), argmax_idx[0]);
+    }
+}
+
+// Second stage: the best of the first stage's winners (0 if every logit
+// was NaN).
+@compute @workgroup_size(256)
+fn argmax_stage2(@builtin(local_invocation_index) lid: u32) {
+    var best = 0.0;
+    var best_i = NONE;
+    if (lid < ARGMAX_GROUPS) {
+        let e = argmax_partial_in[lid];
+        best = bitcast<f32>(e.x);
+        best_i = e.y;
+    }
+    argmax_val[lid] = best;
+    argmax_idx[lid] = best_i;
+    argmax_reduce(lid);
+    if (lid == 0u) {
+        argmax_out[0] = select(argmax_idx[0], 0u, argmax_idx[0] == NONE);
     }
 }

@@ -174,6 +174,20 @@ fn u32_of(what: &str, n: usize) -> Result<f64> {
         .map_err(|_| GpuError::invalid(what, format!("{n} exceeds 2^32 - 1")))
 }
 
+/// Widths the norm kernels take: each of 256 threads holds 32 values.
+pub const MAX_NORM_WIDTH: usize = 8192;
+
+fn norm_width(what: &str, weight: &GpuVector) -> Result<usize> {
+    let dim = weight.len();
+    if dim == 0 || dim > MAX_NORM_WIDTH {
+        return Err(GpuError::invalid(
+            what,
+            format!("width {dim}: the kernel takes 1 to {MAX_NORM_WIDTH}"),
+        ));
+    }
+    Ok(dim)
+}
+
 /// `out = x / rms(x) · weight` over the first `weight.len()` values.
 pub fn rms_norm(
     ctx: &GpuContext,
@@ -183,7 +197,7 @@ pub fn rms_norm(
     out: &GpuVector,
 ) -> Result<Dispatch> {
     let what = "RMSNorm";
-    let dim = weight.len();
+    let dim = norm_width(what, weight)?;
     need(what, x, dim)?;
     need(what, out, dim)?;
     let p = pipeline(
@@ -211,7 +225,7 @@ pub fn add_rms_norm(
     out: &GpuVector,
 ) -> Result<Dispatch> {
     let what = "residual add + RMSNorm";
-    let dim = weight.len();
+    let dim = norm_width(what, weight)?;
     need(what, x, dim)?;
     need(what, y, dim)?;
     need(what, out, dim)?;
@@ -348,15 +362,26 @@ pub fn swiglu(ctx: &GpuContext, gate_up: &GpuVector, out: &GpuVector) -> Result<
 }
 
 /// `out[0]` = the index of the largest of `logits` (the lowest on ties;
-/// NaN never wins; 0 if all are NaN). `out` needs `STORAGE` and 4 bytes.
+/// NaN never wins; 0 if all are NaN), in two dispatches (64 workgroups,
+/// then one). `out` needs `STORAGE` and 4 bytes.
 pub fn argmax(ctx: &GpuContext, logits: &GpuVector, out: &GpuBuffer) -> Result<Dispatch> {
     let what = "argmax";
     need_bytes(what, out, 4)?;
-    let p = pipeline(
+    let vocab = [("VOCAB", u32_of(what, logits.len())?)];
+    let stage1 = pipeline(
         ctx,
-        "argmax",
-        &[("VOCAB", u32_of(what, logits.len())?)],
+        "argmax_stage1",
+        &vocab,
         &[Binding::Storage, Binding::StorageReadWrite],
     )?;
-    one(ctx, p, &[logits.buffer(), out], [1, 1, 1])
+    let stage2 = pipeline(
+        ctx,
+        "argmax_stage2",
+        &[],
+        &[Binding::Storage, Binding::StorageReadWrite],
+    )?;
+    let partial = GpuBuffer::new(ctx, "argmax partial winners", 64 * 8, wgpu::BufferUsages::STORAGE)?;
+    let mut d = one(ctx, stage1, &[logits.buffer(), &partial], [64, 1, 1])?;
+    d.extend(one(ctx, stage2, &[&partial, out], [1, 1, 1])?);
+    Ok(d)
 }
