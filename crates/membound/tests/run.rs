@@ -218,3 +218,32 @@ fn smollm2_knows_the_capital_of_france_on_gpu() {
     let Some(ctx) = gpu() else { return };
     smollm2_capital(DeviceKind::Gpu, Some(ctx));
 }
+
+/// The builder loads, prepares and reports the plan it ran.
+#[test]
+fn builder_reports_the_plan() {
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        return missing("llama2xs-280K");
+    };
+    let mut plan = WeightPlan::uniform("affine:bits=4,group=64");
+    plan.classifier = Some("f16".into());
+    let e = Engine::builder(&path)
+        .device(DeviceKind::Cpu)
+        .plan(plan)
+        .context(Some(64))
+        .build(&|_, _| {})
+        .unwrap();
+    let info = e.info();
+    assert_eq!(info.context, 64);
+    assert_eq!(
+        info.weights_summary(),
+        "affine:bits=4,group=64,scale=f16 ×20 matrices, f16 classifier, f16 embedding"
+    );
+    assert!(info.stored_bytes_per_token < info.bytes_read_per_token);
+    assert!(
+        Engine::builder(&path)
+            .plan(WeightPlan::uniform("svd:rank=4"))
+            .build(&|_, _| {})
+            .is_err()
+    );
+}
