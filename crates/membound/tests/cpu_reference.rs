@@ -79,3 +79,43 @@ fn smollm2_greedy_matches_reference() {
     let want = [29, 1195, 29, 6693, 29, 271, 29, 81, 29, 6693, 29, 1141];
     assert_eq!(greedy(&mut m, want.len()), want);
 }
+
+/// The activation hook sees every projection input once per token, with the
+/// right widths, and a hook that changes nothing changes nothing; zeroing
+/// the down-projection input does change the logits.
+#[test]
+fn activation_hook_sees_every_projection_input() {
+    use membound::model::{ActivationHook, Site};
+    use std::sync::{Arc, Mutex};
+
+    struct Record(Arc<Mutex<Vec<(usize, Site, usize)>>>, bool);
+    impl ActivationHook for Record {
+        fn on_input(&mut self, layer: usize, site: Site, x: &mut [f32]) {
+            self.0.lock().unwrap().push((layer, site, x.len()));
+            if self.1 && site == Site::Down {
+                x.fill(0.0);
+            }
+        }
+    }
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        return missing("llama2xs-280K");
+    };
+    let mut plain = load(&path);
+    let want = plain.forward(1, 0).unwrap();
+    let cfg = plain.config().clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut hooked = load(&path);
+    hooked.set_hook(Some(Box::new(Record(Arc::clone(&seen), false))));
+    assert_eq!(hooked.forward(1, 0).unwrap(), want);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), cfg.n_layers * 4);
+    for (i, (layer, site, len)) in seen.iter().enumerate() {
+        assert_eq!(*layer, i / 4);
+        assert_eq!(*site, Site::ALL[i % 4]);
+        let width = if *site == Site::Down { cfg.hidden_dim } else { cfg.dim };
+        assert_eq!(*len, width);
+    }
+    let mut zeroing = load(&path);
+    zeroing.set_hook(Some(Box::new(Record(Arc::new(Mutex::new(Vec::new())), true))));
+    assert_ne!(zeroing.forward(1, 0).unwrap(), want);
+}

@@ -6,11 +6,47 @@ use rayon::prelude::*;
 use super::{LlamaConfig, LlamaWeights, RopeLayout};
 use crate::{Error, Result};
 
+/// The input of which projections a hook sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Site {
+    /// The normed input of q, k and v.
+    Qkv,
+    /// The attention output, input of o.
+    O,
+    /// The normed input of gate and up.
+    GateUp,
+    /// SiLU(gate)·up, input of down.
+    Down,
+}
+
+impl Site {
+    /// Every site, in decode order.
+    pub const ALL: [Site; 4] = [Site::Qkv, Site::O, Site::GateUp, Site::Down];
+
+    /// Short name: `qkv`, `o`, `gate_up`, `down`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Site::Qkv => "qkv",
+            Site::O => "o",
+            Site::GateUp => "gate_up",
+            Site::Down => "down",
+        }
+    }
+}
+
+/// Sees (and may change) the input vector of each projection before it
+/// runs: for recording activation statistics, calibration data, or
+/// thresholding small activations to zero.
+pub trait ActivationHook: Send {
+    /// `x` is the input of the projections at `site` of block `layer`.
+    fn on_input(&mut self, layer: usize, site: Site, x: &mut [f32]);
+}
+
 /// A LLaMA-family decoder on the CPU in f32, with its KV cache.
-#[derive(Debug)]
 pub struct CpuLlama {
     cfg: LlamaConfig,
     w: LlamaWeights,
+    hook: Option<Box<dyn ActivationHook>>,
     /// Per layer, `max_seq_len × kv_dim` keys and values.
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
@@ -57,6 +93,15 @@ fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32, layout: RopeLayo
     }
 }
 
+impl std::fmt::Debug for CpuLlama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuLlama")
+            .field("cfg", &self.cfg)
+            .field("hook", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl super::Decoder for CpuLlama {
     fn config(&self) -> &LlamaConfig {
         &self.cfg
@@ -76,7 +121,22 @@ impl CpuLlama {
             v_cache: cache,
             cfg,
             w,
+            hook: None,
         }
+    }
+
+    /// Installs `hook` (or removes it with `None`) and returns the previous
+    /// one. Without a hook, decoding pays nothing for the feature.
+    pub fn set_hook(
+        &mut self,
+        hook: Option<Box<dyn ActivationHook>>,
+    ) -> Option<Box<dyn ActivationHook>> {
+        std::mem::replace(&mut self.hook, hook)
+    }
+
+    /// The weights this decoder runs.
+    pub fn weights(&self) -> &LlamaWeights {
+        &self.w
     }
 
     /// The configuration.
@@ -111,6 +171,9 @@ impl CpuLlama {
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, lw) in self.w.layers.iter().enumerate() {
             rms_norm(&x, &lw.attn_norm, c.rms_eps, &mut xb);
+            if let Some(h) = self.hook.as_mut() {
+                h.on_input(l, Site::Qkv, &mut xb);
+            }
             matvec(&lw.wq, &xb, &mut q);
             matvec(&lw.wk, &xb, &mut k);
             matvec(&lw.wv, &xb, &mut v);
@@ -147,15 +210,24 @@ impl CpuLlama {
                     }
                 }
             });
+            if let Some(h) = self.hook.as_mut() {
+                h.on_input(l, Site::O, &mut att_out);
+            }
             matvec(&lw.wo, &att_out, &mut proj);
             for (a, b) in x.iter_mut().zip(&proj) {
                 *a += b;
             }
             rms_norm(&x, &lw.ffn_norm, c.rms_eps, &mut xb);
+            if let Some(h) = self.hook.as_mut() {
+                h.on_input(l, Site::GateUp, &mut xb);
+            }
             matvec(&lw.w_gate, &xb, &mut gate);
             matvec(&lw.w_up, &xb, &mut up);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            if let Some(h) = self.hook.as_mut() {
+                h.on_input(l, Site::Down, &mut gate);
             }
             matvec(&lw.w_down, &gate, &mut proj);
             for (a, b) in x.iter_mut().zip(&proj) {

@@ -10,7 +10,7 @@ mod weights;
 
 pub use bert::{Bert, BertConfig};
 pub use config::{LlamaConfig, RopeLayout};
-pub use cpu::CpuLlama;
+pub use cpu::{ActivationHook, CpuLlama, Site};
 pub use gpu::{GpuLlama, GpuLlamaOptions, PreparedModel, WeightPlan, prepare};
 pub use load::{load_llama, load_quantized};
 pub use weights::{LayerWeights, LlamaWeights};
