@@ -10,9 +10,11 @@
 
 mod absmax;
 mod affine;
+mod awq;
 mod codec;
 mod dct;
 mod error;
+mod gptq;
 mod kmeans;
 mod kron;
 mod lowrank;
@@ -28,8 +30,10 @@ pub use affine::{
     AFFINE_BITS, AFFINE_GROUP_SIZES, AffineCodec, AffineLayout, AffineParts, Group, MLX_SCALE_EPS,
     ScaleDType, mlx_scale_bias,
 };
+pub use awq::{AwqChoice, AwqStats, awq_scales, awq_search, scale_columns};
 pub use codec::{Codec, Encoded, Matrix, Part, PartDType};
 pub use error::{Error, Result};
+pub use gptq::{GptqOptions, Hessian, gptq, hessian_error};
 pub use nf4::{NF4_LEVELS, Nf4Codec};
 pub use spec::Spec;
 
