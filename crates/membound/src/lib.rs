@@ -6,6 +6,7 @@
 //! [`membound_tensor`].
 
 pub mod bench;
+pub mod calibrate;
 mod error;
 pub mod eval;
 pub mod model;
