@@ -11,6 +11,8 @@ mod models;
 mod plot;
 mod progress;
 mod quantize;
+mod sparsity;
+mod sparsity_plot;
 mod study;
 
 use std::process::ExitCode;
@@ -46,6 +48,7 @@ enum Command {
     Chat(chat::Args),
     Eval(eval::Args),
     Demo(demo::Args),
+    Sparsity(sparsity::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Sparsity(a) => sparsity::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod activation;
 mod colmajor;
 mod colmajor_affine;
 mod error;

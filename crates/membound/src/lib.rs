@@ -13,6 +13,7 @@ pub mod model;
 pub mod quantize;
 pub mod run;
 pub mod sample;
+pub mod sparsity;
 pub mod study;
 pub mod tokenizer;
 
