@@ -69,6 +69,7 @@ fn compare(
         GpuLlamaOptions {
             context: Some(steps + 1),
             submissions: 3,
+            sparse_down: None,
         },
     )
     .unwrap();
@@ -210,5 +211,68 @@ fn synthetic_model_decodes() {
         assert_eq!(la, b.forward(3, 0).unwrap(), "{spec}: same seed, same logits");
         let t = a.forward_argmax(5, 1).unwrap();
         assert!((t as usize) < cfg.vocab_size);
+    }
+}
+
+/// Activation-sparse down projections on the GPU: against the CPU decoder
+/// with the same column-major weights and a hook that zeroes the inputs the
+/// threshold drops; τ = 0 reproduces the dense model; calibration hits its
+/// target on the calibration token.
+#[test]
+fn sparse_down_matches_cpu_with_thresholding_hook() {
+    use membound::model::gpu::sparse_down_decoded;
+    use membound::model::{ActivationHook, Site};
+    use membound_gpu::SparseDType;
+
+    struct Zero(f32);
+    impl ActivationHook for Zero {
+        fn on_input(&mut self, _: usize, site: Site, x: &mut [f32]) {
+            if site == Site::Down {
+                x.iter_mut().filter(|v| v.abs() <= self.0).for_each(|v| *v = 0.0);
+            }
+        }
+    }
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        return missing("llama2xs-280K");
+    };
+    let Some(ctx) = gpu() else { return };
+    let (cfg, w) = load(&path);
+    let prepared = prepare(&cfg, &w, &WeightPlan::uniform("f32"), &|_, _| {}).unwrap();
+    for dtype in [SparseDType::F16, SparseDType::Affine4 { group: 32 }] {
+        let mut cpu_w = prepared.decoded_weights().unwrap();
+        for l in &mut cpu_w.layers {
+            l.w_down = sparse_down_decoded(&l.w_down, cfg.dim, cfg.hidden_dim, dtype).unwrap();
+        }
+        let opts = GpuLlamaOptions {
+            context: Some(16),
+            sparse_down: Some(dtype),
+            ..Default::default()
+        };
+        let mut g = GpuLlama::new(Arc::clone(&ctx), &prepared, opts).unwrap();
+        for tau in [0.0f32, 0.05, 0.2] {
+            let mut cpu = CpuLlama::new(cfg.clone(), cpu_w.clone());
+            cpu.set_hook(Some(Box::new(Zero(tau))));
+            g.set_down_thresholds(&[tau]).unwrap();
+            let mut tok = 1;
+            for pos in 0..6 {
+                let want = cpu.forward(tok, pos).unwrap();
+                let got = g.forward(tok, pos).unwrap();
+                let err = rel_err(&got, &want);
+                assert!(err < 1e-3, "{dtype:?} τ={tau} pos {pos}: {err}");
+                tok = membound::model::argmax(&want);
+            }
+            let act = g.down_activity().unwrap();
+            assert_eq!(act.len(), cfg.n_layers);
+            if tau == 0.0 {
+                assert!(act.iter().all(|(a, n)| a == n), "τ=0 keeps every input: {act:?}");
+            }
+        }
+        let taus = g.calibrate_down(0.5, 1, 0).unwrap();
+        assert_eq!(taus.len(), cfg.n_layers);
+        g.forward_argmax(1, 0).unwrap();
+        for (active, n) in g.down_activity().unwrap() {
+            let skipped = 1.0 - active as f32 / n as f32;
+            assert!((skipped - 0.5).abs() <= 0.02, "{dtype:?}: skipped {skipped}");
+        }
     }
 }

@@ -290,6 +290,52 @@ impl SparseGemv {
         Self::from_affine4(ctx, name, &m)
     }
 
+    /// A `rows × cols` matrix in `dtype` with weights uniform in about
+    /// `[-a, a]` (4-bit: random codes under one scale and bias), generated
+    /// on the GPU from `seed`: the layout and bytes of a real one, for
+    /// synthetic models.
+    pub fn synthetic(
+        ctx: &GpuContext,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        dtype: SparseDType,
+        seed: u32,
+        a: f32,
+    ) -> Result<Self> {
+        use crate::kernels::fill::{Fill, fill_buffer};
+        check_shape(name, rows, cols, rows.saturating_mul(cols))?;
+        let stride = check_layout(name, rows, cols, dtype)?;
+        let usage = wgpu::BufferUsages::STORAGE;
+        let weights = GpuBuffer::new(ctx, name, (cols * stride * dtype.unit_bytes()) as u64, usage)?;
+        check_binding_size(ctx, name, weights.size())?;
+        match dtype {
+            SparseDType::F16 => {
+                fill_buffer(ctx, &weights, Fill::F16Pair(a), seed)?;
+                Self::assemble(ctx, name, rows, cols, dtype, stride, 0, weights, None)
+            }
+            SparseDType::Affine4 { group } => {
+                fill_buffer(ctx, &weights, Fill::Bits, seed)?;
+                let groups = rows.div_ceil(group);
+                let scales_name = format!("{name} scales");
+                let scales = GpuBuffer::new(ctx, &scales_name, (cols * groups * 4) as u64, usage)?;
+                check_binding_size(ctx, &scales_name, scales.size())?;
+                fill_buffer(ctx, &scales, Fill::ConstPair(a / 7.5, -a), 0)?;
+                Self::assemble(
+                    ctx,
+                    name,
+                    rows,
+                    cols,
+                    dtype,
+                    stride,
+                    groups,
+                    weights,
+                    Some(Arc::new(scales)),
+                )
+            }
+        }
+    }
+
     /// Uploads column-major f16 weights as they are.
     pub fn from_f16(ctx: &GpuContext, name: &str, m: &ColMajorF16) -> Result<Self> {
         let (rows, cols) = (m.rows, m.cols);
@@ -585,6 +631,13 @@ impl SparseGemv {
     /// active input. (Per-chunk counts follow from byte 16.)
     pub fn counts_buffer(&self) -> &GpuBuffer {
         &self.scratch.counts
+    }
+
+    /// How many inputs were active in the last call that ran (waits for
+    /// the GPU).
+    pub fn read_active_count(&self, ctx: &GpuContext) -> Result<usize> {
+        let count = self.scratch.counts.read_bytes(ctx, 0, 4)?;
+        Ok(u32::from_le_bytes([count[0], count[1], count[2], count[3]]) as usize)
     }
 
     /// Reads the last run's compacted list back (waits for the GPU).

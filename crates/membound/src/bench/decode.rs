@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use membound_gpu::GpuContext;
+use membound_gpu::{GpuContext, SparseDType};
 
 use crate::model::gpu::{OpKind, synthetic_config};
 use crate::model::{Decoder, GpuLlama, GpuLlamaOptions, LlamaConfig};
@@ -35,6 +35,10 @@ pub struct Config {
     pub seed: u32,
     /// Command submissions per token (see [`GpuLlamaOptions::submissions`]).
     pub submissions: usize,
+    /// Also run each spec with activation-sparse down projections whose
+    /// thresholds skip this share of their inputs (calibrated on the GPU
+    /// on one token; f16 and 4-bit affine specs).
+    pub sparsity: Option<f32>,
 }
 
 impl Default for Config {
@@ -47,6 +51,7 @@ impl Default for Config {
             profile_reps: 10,
             seed: 1,
             submissions: 1,
+            sparsity: None,
         }
     }
 }
@@ -60,8 +65,11 @@ pub struct Split {
     pub token_us: f64,
     /// GPU time of the token's pass, µs (with timestamps).
     pub pass_us: Option<f64>,
-    /// Sum of each dispatch timed alone, µs, by kind.
+    /// Sum of each dispatch timed alone, µs, by kind: GEMVs (down
+    /// projections included).
     pub gemv_us: f64,
+    /// The down projections alone (dense or sparse), µs.
+    pub down_us: f64,
     /// Attention kernels, µs.
     pub attention_us: f64,
     /// Embedding, norms, RoPE, SwiGLU, argmax, µs.
@@ -79,6 +87,13 @@ pub struct Row {
     pub model: String,
     /// Weight spec.
     pub weights: String,
+    /// Target share of down-projection inputs skipped (sparse rows).
+    pub sparsity: Option<f64>,
+    /// Share actually skipped in the last timed token, over all layers.
+    pub achieved_sparsity: Option<f64>,
+    /// Sparse rows: the down projections' time with τ = 0 (no input
+    /// skipped but exact zeros), µs: the sparse kernel's overhead.
+    pub down_dense_sparse_kernel_us: Option<f64>,
     /// Parameters in the weight matrices and embedding.
     pub params: u64,
     /// Weight bytes a token reads.
@@ -103,6 +118,16 @@ pub struct Row {
     pub roofline_fraction: Option<f64>,
     /// Tokens/s over the first case's.
     pub speedup_vs_first: f64,
+    /// Sparse rows: tokens/s over the dense row of the same weights.
+    pub speedup_vs_dense: Option<f64>,
+    /// Sparse rows: the sparse kernel's overhead o, from its time with
+    /// nothing skipped over the dense down projections' time, minus 1.
+    pub sparse_overhead: Option<f64>,
+    /// Sparse rows: the research notes' model of the down projections'
+    /// speedup, 1 / (1 − s + o), with s the achieved sparsity.
+    pub notes_model_down_speedup: Option<f64>,
+    /// Sparse rows: measured dense ÷ sparse down-projection time.
+    pub measured_down_speedup: Option<f64>,
     /// Where a token's time goes.
     pub split: Option<Split>,
 }
@@ -136,6 +161,22 @@ pub enum Subject<'a> {
         /// Its configuration.
         cfg: LlamaConfig,
     },
+}
+
+/// The column-major storage matching a weight spec: f16, or 4-bit affine
+/// with the same group size.
+fn sparse_dtype(spec: &str) -> Result<SparseDType> {
+    if spec.trim() == "f16" {
+        return Ok(SparseDType::F16);
+    }
+    let mut s = membound_codec::Spec::parse(spec)?;
+    if s.name == "affine" && s.take("bits", 4u32)? == 4 {
+        let group: usize = s.take("group", 64)?;
+        return Ok(SparseDType::Affine4 { group });
+    }
+    Err(Error::Request(format!(
+        "sparse down projections run f16 and 4-bit affine weights, not {spec:?}"
+    )))
 }
 
 fn params(cfg: &LlamaConfig) -> u64 {
@@ -179,13 +220,25 @@ pub fn run(
             "the run needs {needed} positions but the context is {context}"
         )));
     }
-    let opts = GpuLlamaOptions {
-        context: Some(context),
-        submissions: cfg.submissions,
-    };
-    let mut rows: Vec<Row> = Vec::new();
+    let mut cases = Vec::new();
     for spec in specs {
-        progress(&format!("building {name} with {spec} weights"));
+        cases.push((spec.clone(), None));
+        if let Some(s) = cfg.sparsity {
+            cases.push((spec.clone(), Some((s, sparse_dtype(spec)?))));
+        }
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for (spec, sparse) in &cases {
+        let opts = GpuLlamaOptions {
+            context: Some(context),
+            submissions: cfg.submissions,
+            sparse_down: sparse.map(|(_, d)| d),
+        };
+        let label = match sparse {
+            None => format!("{spec} weights"),
+            Some((s, _)) => format!("{spec} weights, sparse down projections at {:.0}%", s * 100.0),
+        };
+        progress(&format!("building {name} with {label}"));
         let mut m = match &mut subject {
             Subject::Synthetic(_) => {
                 GpuLlama::synthetic(Arc::clone(ctx), &model_cfg, spec, cfg.seed, opts)?
@@ -193,6 +246,10 @@ pub fn run(
             Subject::Model { build, .. } => build(spec, opts)?,
         };
         ctx.wait()?;
+        if let Some((target, _)) = sparse {
+            progress("calibrating down-projection thresholds");
+            m.calibrate_down(*target, 1, 0)?;
+        }
         progress(&format!("decoding {} tokens", needed - 1));
         let mut tok = 1u32;
         let mut pos = 0;
@@ -209,6 +266,13 @@ pub fn run(
         }
         times.sort_unstable();
         let median = times[times.len() / 2];
+        let achieved = if sparse.is_some() {
+            let act = m.down_activity()?;
+            let (a, t) = act.iter().fold((0, 0), |(a, t), (x, y)| (a + x, t + y));
+            Some(1.0 - a as f64 / t as f64)
+        } else {
+            None
+        };
         let ms = median.as_secs_f64() * 1e3;
         let tps = 1e3 / ms;
         let bytes = m.weight_bytes_per_token();
@@ -224,10 +288,11 @@ pub fn run(
                     .sum::<f64>()
             };
             Some(Split {
+                down_us: kind(OpKind::Down) + kind(OpKind::SparseDown),
                 dispatches: p.dispatches,
                 token_us: us(p.token),
                 pass_us: p.pass.map(us),
-                gemv_us: kind(OpKind::Gemv),
+                gemv_us: kind(OpKind::Gemv) + kind(OpKind::Down) + kind(OpKind::SparseDown),
                 attention_us: kind(OpKind::Attention),
                 elementwise_us: kind(OpKind::Elementwise),
                 overhead_us: p.timestamps.then(|| us(p.token) - us(p.kernel_total())),
@@ -235,11 +300,44 @@ pub fn run(
         } else {
             None
         };
+        let sparse_zero = if sparse.is_some() && cfg.profile_reps > 0 {
+            m.set_down_thresholds(&[0.0])?;
+            let p = m.profile(pos, cfg.profile_reps)?;
+            Some(
+                p.kernels
+                    .iter()
+                    .filter(|(k, _)| *k == OpKind::SparseDown)
+                    .map(|(_, d)| d.as_secs_f64() * 1e6)
+                    .sum::<f64>(),
+            )
+        } else {
+            None
+        };
         let roofline = peak.map(|p| p * 1e9 / bytes as f64);
         let first = rows.first().map_or(tps, |r| r.tokens_per_s);
+        let dense = rows.last().filter(|_| sparse.is_some());
+        let dense_down = dense.and_then(|r| r.split.as_ref()).map(|s| s.down_us);
+        let sparse_down = split.as_ref().map(|s| s.down_us);
+        let overhead = match (sparse_zero, dense_down) {
+            (Some(z), Some(d)) if d > 0.0 => Some(z / d - 1.0),
+            _ => None,
+        };
         rows.push(Row {
+            speedup_vs_dense: dense.map(|r| tps / r.tokens_per_s),
+            sparse_overhead: overhead,
+            notes_model_down_speedup: match (achieved, overhead) {
+                (Some(s), Some(o)) => Some(1.0 / (1.0 - s + o)),
+                _ => None,
+            },
+            measured_down_speedup: match (dense_down, sparse_down, sparse) {
+                (Some(d), Some(s), Some(_)) if s > 0.0 => Some(d / s),
+                _ => None,
+            },
             model: name.clone(),
             weights: spec.clone(),
+            sparsity: sparse.map(|(s, _)| f64::from(s)),
+            achieved_sparsity: achieved,
+            down_dense_sparse_kernel_us: sparse_zero,
             params: params(&model_cfg),
             weight_bytes: bytes,
             kv_cache_bytes: m.kv_cache_bytes(),

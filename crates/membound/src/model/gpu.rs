@@ -27,7 +27,7 @@ use membound_codec::{AffineCodec, Encoded, Spec, codec_from_spec};
 use membound_gpu::kernels::llama as ops;
 use membound_gpu::{
     AffineGemv, AttentionShape, DenseGemv, Dispatch, GpuBuffer, GpuContext, GpuVector, KvCache,
-    LutGemv, StepBuffer, WeightDType,
+    LutGemv, SparseDType, SparseGemv, StepBuffer, Threshold, WeightDType,
 };
 use rayon::prelude::*;
 
@@ -493,6 +493,12 @@ impl GpuMatrix {
 /// Options of the GPU decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GpuLlamaOptions {
+    /// Activation-sparse down projections: each block's down weights are
+    /// stored column-major in this dtype, the SwiGLU output is compared
+    /// with the layer's threshold on the GPU, and only the columns of
+    /// inputs with |x| > τ are read ([`GpuLlama::set_down_thresholds`];
+    /// τ = 0 at first: exact zeros only, lossless). `None`: dense.
+    pub sparse_down: Option<SparseDType>,
     /// Positions the KV cache holds; `None`: the model's context, at most
     /// 4096.
     pub context: Option<usize>,
@@ -504,6 +510,7 @@ pub struct GpuLlamaOptions {
 impl Default for GpuLlamaOptions {
     fn default() -> Self {
         Self {
+            sparse_down: None,
             context: None,
             submissions: 1,
         }
@@ -515,6 +522,11 @@ impl Default for GpuLlamaOptions {
 pub enum OpKind {
     /// Weight GEMVs (q/k/v, o, gate/up, down, classifier).
     Gemv,
+    /// The dense down projections (a part of the GEMVs, apart so that
+    /// sparse ones can be compared with them).
+    Down,
+    /// Activation-sparse down projections.
+    SparseDown,
     /// Attention over the KV cache.
     Attention,
     /// Embedding, norms, RoPE, SwiGLU, argmax.
@@ -562,6 +574,8 @@ pub struct GpuLlama {
     calls: Vec<(OpKind, Dispatch)>,
     argmax: Dispatch,
     _matrices: Vec<GpuMatrix>,
+    /// Sparse down projections and their thresholds, by layer.
+    sparse: Vec<(SparseGemv, Threshold)>,
     caches: Vec<KvCache>,
     weight_bytes: u64,
     /// Kept alive for the recorded bind groups.
@@ -585,7 +599,41 @@ struct LayerParts {
     wo: GpuMatrix,
     ffn_norm: GpuVector,
     gate_up: GpuMatrix,
-    down: GpuMatrix,
+    down: Down,
+}
+
+/// A block's down projection: dense, or activation-sparse.
+#[derive(Debug)]
+enum Down {
+    Dense(GpuMatrix),
+    Sparse(SparseGemv),
+}
+
+/// Stores a down projection's f32 weights column-major as `dtype`.
+fn sparse_down(ctx: &GpuContext, role: &str, rows: usize, cols: usize, w: &[f32], dtype: SparseDType) -> Result<SparseGemv> {
+    Ok(match dtype {
+        SparseDType::F16 => SparseGemv::f16(ctx, role, rows, cols, w)?,
+        SparseDType::Affine4 { group } => SparseGemv::affine4(ctx, role, rows, cols, w, group)?,
+    })
+}
+
+/// The weights a sparse down projection in `dtype` multiplies by,
+/// row-major: f16 rounding, or the column-wise 4-bit affine decoding.
+pub fn sparse_down_decoded(w: &[f32], rows: usize, cols: usize, dtype: SparseDType) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        SparseDType::F16 => w.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
+        SparseDType::Affine4 { group } => {
+            let m = membound_sparse::ColMajorAffine4::from_row_major(w, rows, cols, group)
+                .map_err(|e| Error::Request(e.to_string()))?;
+            let mut out = vec![0.0; rows * cols];
+            for j in 0..cols {
+                for (r, v) in m.column(j).iter().enumerate() {
+                    out[r * cols + j] = *v;
+                }
+            }
+            out
+        }
+    })
 }
 
 impl GpuLlama {
@@ -607,7 +655,17 @@ impl GpuLlama {
                     wo: l.wo.upload(c)?,
                     ffn_norm: GpuVector::from_slice(c, &format!("layer {i} ffn norm"), &l.ffn_norm)?,
                     gate_up: l.gate_up.upload(c)?,
-                    down: l.down.upload(c)?,
+                    down: match opts.sparse_down {
+                        None => Down::Dense(l.down.upload(c)?),
+                        Some(dtype) => Down::Sparse(sparse_down(
+                            c,
+                            &l.down.role,
+                            l.down.rows,
+                            l.down.cols,
+                            &l.down.decoded()?,
+                            dtype,
+                        )?),
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -675,7 +733,18 @@ impl GpuLlama {
                 wo: matrix(format!("layers.{i}.wo"), d, d)?,
                 ffn_norm: ones(format!("layer {i} ffn norm"))?,
                 gate_up: matrix(format!("layers.{i}.gate_up"), 2 * h, d)?,
-                down: matrix(format!("layers.{i}.w_down"), d, h)?,
+                down: match opts.sparse_down {
+                    None => Down::Dense(matrix(format!("layers.{i}.w_down"), d, h)?),
+                    Some(dtype) => Down::Sparse(SparseGemv::synthetic(
+                        c,
+                        &format!("layers.{i}.w_down (sparse)"),
+                        d,
+                        h,
+                        dtype,
+                        seed.wrapping_add(7_777 + i as u32),
+                        (3.0 / h as f32).sqrt(),
+                    )?),
+                },
             });
         }
         let classifier = matrix("classifier".into(), cfg.vocab_size, d)?;
@@ -734,6 +803,8 @@ impl GpuLlama {
         let mut caches = Vec::with_capacity(layers.len());
         let mut matrices = Vec::new();
         let mut buffers = Vec::new();
+        let mut sparse = Vec::new();
+        let mut sparse_bytes = 0;
         for (i, l) in layers.into_iter().enumerate() {
             let cache = KvCache::new(c, i, &shape)?;
             let norm_in = if i == 0 {
@@ -754,9 +825,20 @@ impl GpuLlama {
             ));
             calls.push((OpKind::Gemv, l.gate_up.bind(c, &xb, &gate_up)?));
             calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
-            calls.push((OpKind::Gemv, l.down.bind(c, &hidden, &y)?));
+            match l.down {
+                Down::Dense(m) => {
+                    calls.push((OpKind::Down, m.bind(c, &hidden, &y)?));
+                    matrices.push(m);
+                }
+                Down::Sparse(m) => {
+                    let tau = Threshold::new(c, &format!("layer {i} down τ"), 0.0)?;
+                    calls.push((OpKind::SparseDown, m.bind_threshold(c, &hidden, &tau, &y)?));
+                    sparse_bytes += m.weight_bytes();
+                    sparse.push((m, tau));
+                }
+            }
             caches.push(cache);
-            matrices.extend([l.qkv, l.wo, l.gate_up, l.down]);
+            matrices.extend([l.qkv, l.wo, l.gate_up]);
             buffers.extend([l.attn_norm, l.ffn_norm]);
             buffers.extend(l.bias);
         }
@@ -770,6 +852,7 @@ impl GpuLlama {
         let argmax = ops::argmax(c, &logits, &next)?;
         matrices.push(classifier);
         let weight_bytes = matrices.iter().map(GpuMatrix::weight_bytes).sum::<u64>()
+            + sparse_bytes
             + ((cfg.n_layers * 2 + 1) * d * 4 + d * if embed_f16 { 2 } else { 4 }) as u64;
         buffers.extend([xb, qkv, att, y, gate_up, hidden, rope, norm]);
         ctx.check()?;
@@ -786,6 +869,7 @@ impl GpuLlama {
             calls,
             argmax,
             _matrices: matrices,
+            sparse,
             caches,
             weight_bytes,
             _buffers: buffers,
@@ -812,6 +896,82 @@ impl GpuLlama {
     /// Bytes of KV cache on the device.
     pub fn kv_cache_bytes(&self) -> u64 {
         self.caches.iter().map(KvCache::bytes).sum()
+    }
+
+    /// Whether the down projections are activation-sparse.
+    pub fn is_sparse(&self) -> bool {
+        !self.sparse.is_empty()
+    }
+
+    /// Sets the sparse down projections' thresholds: one τ per layer, or
+    /// one for all. Inputs with |x| ≤ τ are skipped.
+    pub fn set_down_thresholds(&mut self, taus: &[f32]) -> Result<()> {
+        let n = self.sparse.len();
+        if n == 0 {
+            return Err(Error::Request(
+                "the model was built without sparse down projections".into(),
+            ));
+        }
+        if taus.len() != 1 && taus.len() != n {
+            return Err(Error::Request(format!(
+                "{} thresholds for {n} layers (give one, or one per layer)",
+                taus.len()
+            )));
+        }
+        for (i, (_, tau)) in self.sparse.iter().enumerate() {
+            tau.set(&self.ctx, taus[if taus.len() == 1 { 0 } else { i }])?;
+        }
+        Ok(())
+    }
+
+    /// Per layer, the inputs of the down projection that were active (read)
+    /// in the last token, and its width.
+    pub fn down_activity(&self) -> Result<Vec<(usize, usize)>> {
+        self.sparse
+            .iter()
+            .map(|(m, _)| Ok((m.read_active_count(&self.ctx)?, m.cols())))
+            .collect()
+    }
+
+    /// Finds per-layer thresholds under which a share `target` of each
+    /// layer's down-projection inputs is skipped for `token` at `pos`
+    /// (bisection on the GPU's own active counts, 30 rounds; the inputs of
+    /// later layers follow the thresholds of earlier ones), sets them and
+    /// returns them.
+    pub fn calibrate_down(&mut self, target: f32, token: u32, pos: usize) -> Result<Vec<f32>> {
+        if !(0.0..1.0).contains(&target) {
+            return Err(Error::Request(format!(
+                "target sparsity {target}: it must be in [0, 1)"
+            )));
+        }
+        let n = self.sparse.len();
+        let mut lo = vec![0.0f32; n];
+        let mut hi = vec![f32::INFINITY; n];
+        let mut tau = vec![0.0f32; n];
+        for round in 0..30 {
+            if round > 0 {
+                for i in 0..n {
+                    tau[i] = if hi[i].is_finite() {
+                        0.5 * (lo[i] + hi[i])
+                    } else {
+                        (lo[i] * 4.0).max(1e-3)
+                    };
+                }
+            }
+            self.set_down_thresholds(&tau)?;
+            self.forward_argmax(token, pos)?;
+            for (i, (active, cols)) in self.down_activity()?.into_iter().enumerate() {
+                let skipped = 1.0 - active as f32 / cols as f32;
+                if skipped < target {
+                    lo[i] = tau[i];
+                } else {
+                    hi[i] = tau[i];
+                }
+            }
+        }
+        let taus: Vec<f32> = (0..n).map(|i| if hi[i].is_finite() { hi[i] } else { lo[i] }).collect();
+        self.set_down_thresholds(&taus)?;
+        Ok(taus)
     }
 
     /// GPU dispatches per token (greedy).
