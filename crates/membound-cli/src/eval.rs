@@ -37,11 +37,18 @@ use crate::progress::LazyBar;
 ///   membound eval --weights nf4 --classifier f16 --max-tokens 1024
 ///   membound eval --model llama2xs-280K --weights affine:bits=3,group=32 --device cpu
 ///   membound eval --weights affine:bits=4,group=64 --text my.txt --window 256 --json
+///   membound eval --device cpu --weights f32 --sparsity 0.5
+///   membound eval --device cpu --thresholds thresholds.json
+///
+/// --sparsity S / --thresholds FILE zero small activations (|x| ≤ τ per
+/// layer and site) in the CPU decoder; see `membound sparsity`.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    sparse: crate::sparsity::SparsityArgs,
     /// Text to evaluate on [default: the shipped evaluation text].
     #[arg(long, value_name = "FILE")]
     text: Option<PathBuf>,
@@ -73,10 +80,17 @@ struct Output<'a> {
     report: &'a EvalReport,
     seconds: f64,
     engine: &'a EngineInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sparsity: Option<crate::sparsity::SparseInfo>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let mut opts = args.model.options()?;
+    if args.sparse.any() && args.model.device == DeviceKind::Gpu {
+        anyhow::bail!(
+            "sparse decoding on the GPU: see membound bench decode --sparsity (pass --device cpu for the CPU path)"
+        );
+    }
     let gpu = args.model.gpu()?;
     let ref_device = args.reference.unwrap_or(args.model.device);
     let ref_gpu = match (ref_device, &gpu) {
@@ -109,7 +123,12 @@ pub fn run(args: Args) -> Result<()> {
         "the text is {} token(s); evaluation needs at least 2",
         tokens.len()
     );
-    let mut engine = build_engine(&model, &opts, gpu, "preparing")?;
+    let (mut engine, mut sparse) = if args.sparse.any() {
+        let (e, s) = args.sparse.build(&model, &opts)?;
+        (e, Some(s))
+    } else {
+        (build_engine(&model, &opts, gpu, "preparing")?, None)
+    };
     let (mut reference, ref_name): (Box<dyn Decoder>, String) = match ref_gpu {
         None => (
             Box::new(CpuLlama::new(model.config.clone(), model.weights.clone())),
@@ -141,8 +160,12 @@ pub fn run(args: Args) -> Result<()> {
     };
     let bar = std::cell::OnceCell::new();
     let t0 = Instant::now();
+    let under_test: &mut dyn Decoder = match sparse.as_mut() {
+        Some(s) => &mut s.model,
+        None => engine.decoder_mut(),
+    };
     let report = evaluate(
-        engine.decoder_mut(),
+        under_test,
         Some(reference.as_mut()),
         &tokens,
         &eval_opts,
@@ -164,6 +187,7 @@ pub fn run(args: Args) -> Result<()> {
         report: &report,
         seconds,
         engine: &info,
+        sparsity: sparse.as_ref().map(crate::sparsity::Sparse::info),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -199,6 +223,18 @@ pub fn run(args: Args) -> Result<()> {
             .top1_agreement
             .map_or_else(|| "-".into(), |a| format!("{:.1}%", a * 100.0)),
     ]);
+    if let Some(sp) = &out.sparsity {
+        t.add_row([
+            "activation sparsity".to_string(),
+            format!(
+                "{:.1}% zeroed (target {:.0}%, {} thresholds: {})",
+                sp.achieved * 100.0,
+                sp.target * 100.0,
+                sp.thresholds,
+                sp.source
+            ),
+        ]);
+    }
     t.add_row(["time".to_string(), format!("{seconds:.1} s")]);
     println!("{t}");
     Ok(())

@@ -207,6 +207,10 @@ pub fn has_chatml(tok: &Tokenizer) -> bool {
 ///   membound generate --weights nf4 --override 'layers.*.w_down=f16' --prompt Hi
 ///   membound generate --model llama2xs-280K --prompt "Once upon a time" --temperature 0.8 --seed 3
 ///   membound generate --device cpu --max-tokens 20 --prompt "Hello" --json
+///   membound generate --device cpu --sparsity 0.5 --prompt "Hello"
+///
+/// --sparsity S / --thresholds FILE zero small activations (|x| ≤ τ per
+/// layer and site) in the CPU decoder; see `membound sparsity`.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -223,6 +227,8 @@ pub struct Args {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    sparse: crate::sparsity::SparsityArgs,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -240,6 +246,8 @@ struct Output<'a> {
     sampling: SamplingParams,
     stats: Stats<'a>,
     engine: &'a EngineInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sparsity: Option<crate::sparsity::SparseInfo>,
 }
 
 /// Speed and what it means for bandwidth.
@@ -338,9 +346,19 @@ pub fn prompt_ids(
 pub fn run(args: Args) -> Result<()> {
     let opts = args.model.options()?;
     let mut sampler = args.sampling.sampler()?;
+    if args.sparse.any() && args.model.device == DeviceKind::Gpu {
+        bail!(
+            "sparse decoding on the GPU: see membound bench decode --sparsity (pass --device cpu for the CPU path)"
+        );
+    }
     let gpu = args.model.gpu()?;
     let model = args.model.load()?;
-    let mut engine = build_engine(&model, &opts, gpu, "preparing")?;
+    let (mut engine, mut sparse) = if args.sparse.any() {
+        let (e, s) = args.sparse.build(&model, &opts)?;
+        (e, Some(s))
+    } else {
+        (build_engine(&model, &opts, gpu, "preparing")?, None)
+    };
     drop(model);
     let (ids, template) = prompt_ids(engine.tokenizer(), &args.prompt, args.template)?;
     if ids.is_empty() {
@@ -371,7 +389,22 @@ pub fn run(args: Args) -> Result<()> {
             let _ = write!(out, "{t}").and_then(|()| out.flush());
         }
     };
-    let g = engine.generate(&ids, args.max_tokens, &mut sampler, &mut on_text)?;
+    let g = match sparse.as_mut() {
+        None => engine.generate(&ids, args.max_tokens, &mut sampler, &mut on_text)?,
+        Some(s) => {
+            let tok = engine.tokenizer().clone();
+            let gopts = membound::run::GenerateOptions {
+                max_tokens: args.max_tokens,
+                stop_ids: tok.stop_ids(),
+                start_pos: 0,
+                context: engine.context(),
+                skip_leading_space: tok.kind() == "llama2.c"
+                    && ids.len() == 1
+                    && tok.bos() == ids.first().copied(),
+            };
+            membound::run::generate(&mut s.model, &tok, &ids, &mut sampler, &gopts, &mut on_text)?
+        }
+    };
     if json {
         let o = Output {
             prompt: &args.prompt,
@@ -386,12 +419,22 @@ pub fn run(args: Args) -> Result<()> {
             sampling: *sampler.params(),
             stats: Stats::new(&g, &info),
             engine: &info,
+            sparsity: sparse.as_ref().map(crate::sparsity::Sparse::info),
         };
         println!("{}", serde_json::to_string_pretty(&o)?);
     } else {
         println!();
         eprintln!();
         eprintln!("{}", speed_line(&g, &info));
+        if let Some(s) = &sparse {
+            let i = s.info();
+            eprintln!(
+                "sparsity: {:.1}% of projection inputs zeroed (target {:.0}%; {})",
+                i.achieved * 100.0,
+                i.target * 100.0,
+                i.source
+            );
+        }
     }
     Ok(())
 }

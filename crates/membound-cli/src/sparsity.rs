@@ -353,8 +353,34 @@ struct Split {
     held_out: Vec<u32>,
 }
 
+/// The evaluation text as this tokenizer can encode it: characters it has
+/// no token for (babyllama105's 105-token vocabulary lacks newlines, digits
+/// and some punctuation) become spaces, then runs of spaces collapse.
+fn encodable_text(tok: &Tokenizer) -> String {
+    let mut ok = std::collections::HashMap::new();
+    let mapped: String = EVAL_TEXT
+        .chars()
+        .map(|c| {
+            let good = *ok
+                .entry(c)
+                .or_insert_with(|| tok.encode(&c.to_string(), false).is_ok());
+            if good { c } else { ' ' }
+        })
+        .collect();
+    let mut out = String::with_capacity(mapped.len());
+    for c in mapped.chars() {
+        if !(c == ' ' && out.ends_with(' ')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn split(tok: &Tokenizer, calib: usize) -> Result<Split> {
-    let all = tok.encode(EVAL_TEXT, true)?;
+    let all = match tok.encode(EVAL_TEXT, true) {
+        Ok(t) => t,
+        Err(_) => tok.encode(&encodable_text(tok), true)?,
+    };
     let half = all.len() / 2;
     ensure!(
         calib >= 2 && calib <= half,
@@ -904,4 +930,131 @@ fn print_prediction(p: &PredictionOut) {
     ]);
     t.add_row(["oracle sparsity (down)".to_string(), pct(p.oracle_achieved)]);
     println!("{t}");
+}
+
+/// `--sparsity` / `--thresholds` of `eval` and `generate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SparsityArgs {
+    /// Zero projection inputs with |x| ≤ τ, τ per layer calibrated for this
+    /// share (uniform quantiles of |x| over 128 tokens from the second half
+    /// of the shipped text), at --sparse-sites. CPU only.
+    #[arg(long, value_name = "S", conflicts_with = "thresholds")]
+    pub sparsity: Option<f64>,
+    /// Thresholds from a sidecar of `membound sparsity --calibrate`. CPU only.
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<PathBuf>,
+    /// Sites --sparsity thresholds: down (SiLU(gate)·up) or all.
+    #[arg(long, default_value = "down", value_parser = parse_sites, value_name = "SITES")]
+    pub sparse_sites: SiteSet,
+}
+
+/// What the sparse CPU decoder applies, for output.
+#[derive(Serialize, Clone, Debug)]
+pub struct SparseInfo {
+    /// Where the thresholds came from.
+    pub source: String,
+    /// Target sparsity of the thresholds.
+    pub target: f64,
+    /// Thresholds applied.
+    pub thresholds: usize,
+    /// Share of inputs zeroed so far, weighted by the weights each site gates.
+    pub achieved: f64,
+}
+
+/// The CPU decoder with a thresholding hook, and its counters.
+pub struct Sparse {
+    pub model: CpuLlama,
+    pub info: SparseInfo,
+    counts: Arc<Mutex<membound::sparsity::DropCounts>>,
+    active: Vec<Vec<bool>>,
+}
+
+impl Sparse {
+    /// Info with the achieved sparsity filled in.
+    pub fn info(&self) -> SparseInfo {
+        let mut i = self.info.clone();
+        if let Ok(c) = self.counts.lock() {
+            i.achieved = c.weighted_sparsity(self.model.config(), &self.active);
+        }
+        i
+    }
+}
+
+impl SparsityArgs {
+    /// Whether any sparsity was asked for.
+    pub fn any(&self) -> bool {
+        self.sparsity.is_some() || self.thresholds.is_some()
+    }
+
+    /// The engine (for what it reports) and the thresholded CPU decoder
+    /// over the same decoded weights; errors on the GPU.
+    pub fn build(
+        &self,
+        model: &Model,
+        opts: &membound::run::EngineOptions,
+    ) -> Result<(membound::run::Engine, Sparse)> {
+        if opts.device == membound::run::DeviceKind::Gpu {
+            bail!(
+                "sparse decoding on the GPU: see membound bench decode --sparsity (pass --device cpu for the CPU path)"
+            );
+        }
+        let cfg = &model.config;
+        let bar = LazyBar::new((cfg.n_layers * 4 + 1) as u64, "preparing");
+        let prepared = prepare(cfg, &model.weights, &opts.plan, &|_, _| bar.step());
+        bar.finish();
+        let prepared = prepared?;
+        let engine = membound::run::Engine::from_prepared(model, &prepared, opts, None)?;
+        let mut cpu = CpuLlama::new(cfg.clone(), prepared.decoded_weights()?);
+        drop(prepared);
+        let (thresholds, source, target) = match (&self.thresholds, self.sparsity) {
+            (Some(p), _) => {
+                let f = ThresholdFile::load(p)?;
+                (
+                    f.thresholds,
+                    format!("{} ({}, calibrated on {})", p.display(), f.method.name(), f.model),
+                    f.target,
+                )
+            }
+            (None, Some(s)) => {
+                ensure!((0.0..=1.0).contains(&s), "--sparsity {s}: a share in [0, 1]");
+                let all = match model.tokenizer.encode(EVAL_TEXT, true) {
+                    Ok(t) => t,
+                    Err(_) => model.tokenizer.encode(&encodable_text(&model.tokenizer), true)?,
+                };
+                let half = all.len() / 2;
+                let calib = &all[half..(half + 128).min(all.len())];
+                let window = cfg.max_seq_len.min(256);
+                let mags = stage("calibrating", calib.len(), |p| {
+                    Ok(calibrate::collect(&mut cpu, calib, window, self.sparse_sites.sites(), p)?)
+                })?;
+                (
+                    calibrate::uniform(&mags, cfg.n_layers, self.sparse_sites.sites(), s)?,
+                    format!(
+                        "uniform, {} sites, calibrated on {} tokens of the shipped text's second half",
+                        self.sparse_sites.name(),
+                        calib.len()
+                    ),
+                    s,
+                )
+            }
+            (None, None) => bail!("no sparsity requested"),
+        };
+        let hook = membound::sparsity::ThresholdHook::new(cfg.n_layers, &thresholds)?;
+        let (counts, active) = (hook.counts(), hook.active());
+        cpu.set_hook(Some(Box::new(hook)));
+        Ok((
+            engine,
+            Sparse {
+                model: cpu,
+                info: SparseInfo {
+                    source,
+                    target,
+                    thresholds: thresholds.len(),
+                    achieved: 0.0,
+                },
+                counts,
+                active,
+            },
+        ))
+    }
 }
