@@ -1,0 +1,93 @@
+//! `membound sparsity` and the sparsity flags of `eval` through the built
+//! binary, on the llama2xs-280K fixture.
+
+use std::process::Command;
+
+use membound_tensor::registry;
+use serde_json::Value;
+
+fn have_llama2xs() -> bool {
+    if registry::fixture("llama2xs-280K").is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("MEMBOUND_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "llama2xs-280K is missing and MEMBOUND_REQUIRE_MODELS=1"
+    );
+    eprintln!("SKIPPED: llama2xs-280K is missing (../shared/models)");
+    false
+}
+
+fn membound(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_membound"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sparsity_json_smoke() {
+    if !have_llama2xs() {
+        return;
+    }
+    let (code, out, err) = membound(&["sparsity", "llama2xs-280K", "--tokens", "32", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tokens"], 32);
+    let rows = v["rows"].as_array().unwrap();
+    // 5 layers × 4 sites.
+    assert_eq!(rows.len(), 20);
+    for r in rows {
+        assert_eq!(r["count"].as_u64().unwrap() % 32, 0);
+        let z = r["exact_zero_share"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&z));
+        for pair in r["abs"].as_array().unwrap() {
+            assert!((0.0..=1.0).contains(&pair[1].as_f64().unwrap()));
+        }
+    }
+    assert_eq!(v["per_site"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn sidecar_written_and_applied() {
+    if !have_llama2xs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("t.json");
+    let s = side.to_str().unwrap();
+    let (code, _, err) = membound(&[
+        "sparsity", "llama2xs-280K", "--tokens", "64", "--calibrate", "0.5", "-o", s,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Not overwritten without --force.
+    let (code, _, err) = membound(&[
+        "sparsity", "llama2xs-280K", "--tokens", "64", "--calibrate", "0.5", "-o", s,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--force"), "{err}");
+    let (code, out, err) = membound(&[
+        "eval", "-m", "llama2xs-280K", "--device", "cpu", "--weights", "f32", "--thresholds", s,
+        "--max-tokens", "64", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let a = v["sparsity"]["achieved"].as_f64().unwrap();
+    assert!((0.4..0.6).contains(&a), "{a}");
+    // The GPU path refuses clearly, before opening any GPU.
+    let (code, _, err) = membound(&["eval", "-m", "llama2xs-280K", "--sparsity", "0.5"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("membound bench decode --sparsity"), "{err}");
+    // A bad sidecar is an error, not a panic.
+    std::fs::write(&side, r#"{"model":"m","target":0.5,"method":"uniform","thresholds":{"layers.0.down":-1}}"#).unwrap();
+    let (code, _, err) = membound(&[
+        "eval", "-m", "llama2xs-280K", "--device", "cpu", "--thresholds", s, "--max-tokens", "8",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error:") && err.contains("≥ 0"), "{err}");
+}
