@@ -123,8 +123,9 @@ pub struct Args {
 }
 
 /// A progress bar per phase, with ETA.
+/// (Each finished phase is also logged with its time, for logs.)
 struct Phases {
-    cur: Mutex<Option<(String, LazyBar)>>,
+    cur: Mutex<Option<(String, LazyBar, Instant)>>,
 }
 
 impl Phases {
@@ -134,28 +135,31 @@ impl Phases {
         }
     }
 
-    fn report(&self, phase: &str, done: usize, total: usize) {
+    fn end(cur: &mut Option<(String, LazyBar, Instant)>) {
+        if let Some((p, b, t)) = cur.take() {
+            b.finish();
+            eprintln!("  {p}: {:.1} s", t.elapsed().as_secs_f64());
+        }
+    }
+
+    fn report(&self, phase: &str, _done: usize, total: usize) {
         let Ok(mut cur) = self.cur.lock() else { return };
-        if cur.as_ref().is_none_or(|(p, _)| p != phase) {
-            if let Some((_, b)) = cur.take() {
-                b.finish();
-            }
-            *cur = Some((phase.to_string(), LazyBar::new(total as u64, phase)));
+        if cur.as_ref().is_none_or(|(p, _, _)| p != phase) {
+            Self::end(&mut cur);
+            *cur = Some((
+                phase.to_string(),
+                LazyBar::new(total as u64, phase),
+                Instant::now(),
+            ));
         }
-        if let Some((_, b)) = cur.as_ref() {
+        if let Some((_, b, _)) = cur.as_ref() {
             b.step();
-            if done >= total {
-                b.finish();
-            }
         }
-        let _ = done;
     }
 
     fn finish(&self) {
-        if let Ok(mut cur) = self.cur.lock()
-            && let Some((_, b)) = cur.take()
-        {
-            b.finish();
+        if let Ok(mut cur) = self.cur.lock() {
+            Self::end(&mut cur);
         }
     }
 }
