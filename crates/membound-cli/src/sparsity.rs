@@ -13,8 +13,7 @@ use membound::run::Model;
 use membound::sparsity::calibrate::{self, Magnitudes, Sensitivity};
 use membound::sparsity::predict::{Confusion, PredictHook, PredictOptions, Predictor};
 use membound::sparsity::quality::{
-    QualityPoint, Replay, dense_reference, evaluate_thresholds, evaluate_with_hook,
-    largest_within,
+    QualityPoint, Replay, dense_reference, evaluate_thresholds, evaluate_with_hook, largest_within,
 };
 use membound::sparsity::{
     Method, Recorder, RecordingHook, SiteRecord, SiteSet, ThresholdFile, teacher_force,
@@ -83,7 +82,11 @@ pub struct Args {
     #[arg(long, default_value_t = 256, value_name = "N")]
     eval_tokens: usize,
     /// Target sparsities of the sweep, comma-separated.
-    #[arg(long, default_value = "0,0.25,0.4,0.5,0.6,0.7,0.9", value_name = "LIST")]
+    #[arg(
+        long,
+        default_value = "0,0.25,0.4,0.5,0.6,0.7,0.9",
+        value_name = "LIST"
+    )]
     levels: String,
     /// Skip the 4-bit weights in the sweep.
     #[arg(long)]
@@ -278,8 +281,18 @@ fn stat_row<'a>(
         site,
         count: s.count,
         exact_zero_share: s.zero_share(),
-        abs: s.abs_thresholds.iter().copied().zip(s.abs_shares()).collect(),
-        rel_to_mean: s.rel_thresholds.iter().copied().zip(s.rel_shares()).collect(),
+        abs: s
+            .abs_thresholds
+            .iter()
+            .copied()
+            .zip(s.abs_shares())
+            .collect(),
+        rel_to_mean: s
+            .rel_thresholds
+            .iter()
+            .copied()
+            .zip(s.rel_shares())
+            .collect(),
         mean_abs: s.mean_abs(),
         max_abs: s.max_abs,
         log10_hist_min: membound::sparsity::HIST_LOG10_MIN,
@@ -295,7 +308,13 @@ fn short_name(arg: &str) -> String {
         .and_then(|s| s.to_str())
         .unwrap_or(arg);
     base.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -308,7 +327,11 @@ fn is_bert(path: &Path) -> bool {
     std::fs::read_to_string(cfg)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("model_type").and_then(|m| m.as_str()).map(|m| m == "bert"))
+        .and_then(|v| {
+            v.get("model_type")
+                .and_then(|m| m.as_str())
+                .map(|m| m == "bert")
+        })
         .unwrap_or(false)
 }
 
@@ -316,14 +339,25 @@ fn pct(v: f64) -> String {
     format!("{:.2}%", v * 100.0)
 }
 
-fn print_stats(model: &str, tokens: usize, recs: &[SiteRecord], per_site: &[(String, membound::sparsity::ActivationStats)]) {
+fn print_stats(
+    model: &str,
+    tokens: usize,
+    recs: &[SiteRecord],
+    per_site: &[(String, membound::sparsity::ActivationStats)],
+) {
     let Some(first) = recs.first() else {
         println!("{model}: nothing recorded");
         return;
     };
     let mut header = vec!["layer".to_string(), "site".into(), "exact 0".into()];
     header.extend(first.stats.abs_thresholds.iter().map(|t| format!("≤{t}")));
-    header.extend(first.stats.rel_thresholds.iter().map(|r| format!("<{r}·mean")));
+    header.extend(
+        first
+            .stats
+            .rel_thresholds
+            .iter()
+            .map(|r| format!("<{r}·mean")),
+    );
     header.push("mean|x|".into());
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
@@ -398,7 +432,11 @@ fn bar_fn(bar: &LazyBar) -> impl FnMut(usize, usize) + '_ {
     move |_, _| bar.step()
 }
 
-fn stage<T>(what: &str, len: usize, f: impl FnOnce(&mut dyn FnMut(usize, usize)) -> Result<T>) -> Result<T> {
+fn stage<T>(
+    what: &str,
+    len: usize,
+    f: impl FnOnce(&mut dyn FnMut(usize, usize)) -> Result<T>,
+) -> Result<T> {
     let bar = LazyBar::new(len as u64, what);
     let r = f(&mut bar_fn(&bar));
     bar.finish();
@@ -421,7 +459,10 @@ pub fn run(args: Args) -> Result<()> {
         return run_bert(&args, &path, &name, t0);
     }
     if args.calibrate.is_some() {
-        ensure!(args.output.is_some(), "--calibrate needs -o FILE for the sidecar");
+        ensure!(
+            args.output.is_some(),
+            "--calibrate needs -o FILE for the sidecar"
+        );
     }
     if let Some(o) = &args.output {
         ensure!(
@@ -449,10 +490,19 @@ pub fn run(args: Args) -> Result<()> {
     let rec = Arc::new(Mutex::new(Recorder::default()));
     cpu.set_hook(Some(Box::new(RecordingHook(Arc::clone(&rec)))));
     stage("recording", sp.calib.len(), |p| {
-        Ok(teacher_force(&mut cpu, &sp.calib, window, &mut |_, _| {}, p)?)
+        Ok(teacher_force(
+            &mut cpu,
+            &sp.calib,
+            window,
+            &mut |_, _| {},
+            p,
+        )?)
     })?;
     cpu.set_hook(None);
-    let recorder = rec.lock().map_err(|_| anyhow::anyhow!("recorder poisoned"))?.clone();
+    let recorder = rec
+        .lock()
+        .map_err(|_| anyhow::anyhow!("recorder poisoned"))?
+        .clone();
     let recs = recorder.records();
     let per_site = recorder.per_site();
     if let Some(dir) = &args.plot {
@@ -463,7 +513,13 @@ pub fn run(args: Args) -> Result<()> {
     let need_mags = args.quality || args.calibrate.is_some();
     let mags = if need_mags {
         Some(stage("calibrating", sp.calib.len(), |p| {
-            Ok(calibrate::collect(&mut cpu, &sp.calib, window, &Site::ALL, p)?)
+            Ok(calibrate::collect(
+                &mut cpu,
+                &sp.calib,
+                window,
+                &Site::ALL,
+                p,
+            )?)
         })?)
     } else {
         None
@@ -472,7 +528,10 @@ pub fn run(args: Args) -> Result<()> {
     // 2. Sidecar.
     let mut sidecar = None;
     if let (Some(target), Some(out), Some(mags)) = (args.calibrate, &args.output, &mags) {
-        ensure!((0.0..=1.0).contains(&target), "--calibrate {target}: a share in [0, 1]");
+        ensure!(
+            (0.0..=1.0).contains(&target),
+            "--calibrate {target}: a share in [0, 1]"
+        );
         let thresholds = match args.method {
             Method::Uniform => calibrate::uniform(mags, cfg.n_layers, args.sites.sites(), target)?,
             Method::Greedy => {
@@ -488,7 +547,12 @@ pub fn run(args: Args) -> Result<()> {
             thresholds,
         };
         file.save(out)?;
-        let held: Vec<u32> = sp.held_out.iter().copied().take(args.eval_tokens.max(2)).collect();
+        let held: Vec<u32> = sp
+            .held_out
+            .iter()
+            .copied()
+            .take(args.eval_tokens.max(2))
+            .collect();
         let achieved = calibrate::achieved(&mut cpu, &held, window, &file.thresholds)?;
         if !args.json {
             eprintln!(
@@ -511,7 +575,14 @@ pub fn run(args: Args) -> Result<()> {
     };
     let quality = if args.quality {
         let mags = mags.as_ref().context("calibration data")?;
-        Some(run_quality(&args, &mut cpu, &model.weights, mags, &sp, &eval_opts)?)
+        Some(run_quality(
+            &args,
+            &mut cpu,
+            &model.weights,
+            mags,
+            &sp,
+            &eval_opts,
+        )?)
     } else {
         None
     };
@@ -535,7 +606,10 @@ pub fn run(args: Args) -> Result<()> {
             tokens: sp.calib.len(),
             window: Some(window),
             rows: rows(&recs),
-            per_site: per_site.iter().map(|(s, st)| stat_row(usize::MAX, s, st)).collect(),
+            per_site: per_site
+                .iter()
+                .map(|(s, st)| stat_row(usize::MAX, s, st))
+                .collect(),
             quality,
             prediction,
             sidecar,
@@ -561,7 +635,11 @@ fn plots_stats(
     recs: &[SiteRecord],
     per_site: &[(String, membound::sparsity::ActivationStats)],
 ) -> Result<()> {
-    crate::sparsity_plot::histograms(&dir.join(format!("sparsity-{name}-hist.svg")), name, per_site)?;
+    crate::sparsity_plot::histograms(
+        &dir.join(format!("sparsity-{name}-hist.svg")),
+        name,
+        per_site,
+    )?;
     crate::sparsity_plot::layer_shares(
         &dir.join(format!("sparsity-{name}-layers.svg")),
         name,
@@ -602,7 +680,10 @@ fn run_bert(args: &Args, path: &Path, name: &str, t0: Instant) -> Result<()> {
             tokens,
             window: None,
             rows: rows(&recs),
-            per_site: per_site.iter().map(|(s, st)| stat_row(usize::MAX, s, st)).collect(),
+            per_site: per_site
+                .iter()
+                .map(|(s, st)| stat_row(usize::MAX, s, st))
+                .collect(),
             quality: None,
             prediction: None,
             sidecar: None,
@@ -629,7 +710,15 @@ fn sensitivities(
 ) -> Result<Vec<Sensitivity>> {
     let units = cpu.config().n_layers * sites.sites().len();
     stage(&format!("sensitivity/{}", sites.name()), units, |p| {
-        Ok(calibrate::sensitivity(cpu, probe, window, mags, sites.sites(), level, p)?)
+        Ok(calibrate::sensitivity(
+            cpu,
+            probe,
+            window,
+            mags,
+            sites.sites(),
+            level,
+            p,
+        )?)
     })
 }
 
@@ -640,7 +729,10 @@ fn parse_levels(s: &str) -> Result<Vec<f64>> {
             .trim()
             .parse()
             .with_context(|| format!("--levels: {part:?} is not a number"))?;
-        ensure!((0.0..=0.95).contains(&x), "--levels: {x} is outside [0, 0.95]");
+        ensure!(
+            (0.0..=0.95).contains(&x),
+            "--levels: {x} is outside [0, 0.95]"
+        );
         v.push(x);
     }
     ensure!(!v.is_empty(), "--levels is empty");
@@ -657,7 +749,10 @@ fn run_quality(
 ) -> Result<QualityOut> {
     let levels = parse_levels(&args.levels)?;
     let cfg = cpu.config().clone();
-    let total = opts.max_tokens.unwrap_or(0).min(sp.held_out.len().saturating_sub(1));
+    let total = opts
+        .max_tokens
+        .unwrap_or(0)
+        .min(sp.held_out.len().saturating_sub(1));
     let (dense, mut reference): (_, Replay) = stage("dense f32", total, |p| {
         Ok(dense_reference(cpu, &sp.held_out, opts, p)?)
     })?;
@@ -674,17 +769,32 @@ fn run_quality(
             (&mut *cpu, f32_mags)
         } else {
             let bar = LazyBar::new((cfg.n_layers * 4 + 1) as u64, "quantizing");
-            let prepared = prepare(&cfg, weights, &WeightPlan::uniform(spec), &|_, _| bar.step());
+            let prepared = prepare(&cfg, weights, &WeightPlan::uniform(spec), &|_, _| {
+                bar.step()
+            });
             bar.finish();
             let prepared = prepared?;
             q4_model = CpuLlama::new(cfg.clone(), prepared.decoded_weights()?);
             q4_mags = stage("calibrating q4", sp.calib.len(), |p| {
-                Ok(calibrate::collect(&mut q4_model, &sp.calib, opts.window, &Site::ALL, p)?)
+                Ok(calibrate::collect(
+                    &mut q4_model,
+                    &sp.calib,
+                    opts.window,
+                    &Site::ALL,
+                    p,
+                )?)
             })?;
             (&mut q4_model, &q4_mags)
         };
         let base = stage(&format!("{} dense", short_spec(spec)), total, |p| {
-            Ok(evaluate_with_hook(model, &mut reference, &sp.held_out, opts, None, p)?)
+            Ok(evaluate_with_hook(
+                model,
+                &mut reference,
+                &sp.held_out,
+                opts,
+                None,
+                p,
+            )?)
         })?;
         for sites in [SiteSet::Down, SiteSet::All] {
             let mut run_point = |method: Method,
@@ -692,9 +802,22 @@ fn run_quality(
                                  th: BTreeMap<String, f32>,
                                  model: &mut CpuLlama|
              -> Result<QualityPoint> {
-                let label = format!("{} {} {} {:.0}%", short_spec(spec), sites.name(), method.name(), target * 100.0);
+                let label = format!(
+                    "{} {} {} {:.0}%",
+                    short_spec(spec),
+                    sites.name(),
+                    method.name(),
+                    target * 100.0
+                );
                 let (r, achieved) = stage(&label, total, |p| {
-                    Ok(evaluate_thresholds(model, &mut reference, &sp.held_out, opts, &th, p)?)
+                    Ok(evaluate_thresholds(
+                        model,
+                        &mut reference,
+                        &sp.held_out,
+                        opts,
+                        &th,
+                        p,
+                    )?)
                 })?;
                 Ok(QualityPoint {
                     weights: spec.to_string(),
@@ -773,7 +896,14 @@ fn print_quality(q: &QualityOut) {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     t.set_header([
-        "weights", "sites", "method", "target", "achieved", "perplexity", "rise", "KL (nats)",
+        "weights",
+        "sites",
+        "method",
+        "target",
+        "achieved",
+        "perplexity",
+        "rise",
+        "KL (nats)",
         "top-1",
     ]);
     for p in &q.points {
@@ -792,7 +922,13 @@ fn print_quality(q: &QualityOut) {
     println!("{t}");
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    t.set_header(["weights", "sites", "method", "largest target ≤1% rise", "≤5% rise"]);
+    t.set_header([
+        "weights",
+        "sites",
+        "method",
+        "largest target ≤1% rise",
+        "≤5% rise",
+    ]);
     let f = |v: Option<f64>| v.map_or_else(|| "none".to_string(), |v| format!("{:.0}%", v * 100.0));
     for w in &q.within {
         t.add_row([
@@ -823,7 +959,10 @@ fn run_predict(
     let predictor = stage("fitting predictor", all.len() + cfg.n_layers, |p| {
         Ok(Predictor::fit(cpu, &all, opts.window, popts, p)?)
     })?;
-    let total = opts.max_tokens.unwrap_or(0).min(sp.held_out.len().saturating_sub(1));
+    let total = opts
+        .max_tokens
+        .unwrap_or(0)
+        .min(sp.held_out.len().saturating_sub(1));
     let (dense, mut reference) = stage("dense f32", total, |p| {
         Ok(dense_reference(cpu, &sp.held_out, opts, p)?)
     })?;
@@ -831,7 +970,14 @@ fn run_predict(
     let hook = PredictHook::new(Arc::clone(&predictor));
     let counts = hook.counts();
     let rep = stage("predicted", total, |p| {
-        Ok(evaluate_with_hook(cpu, &mut reference, &sp.held_out, opts, Some(Box::new(hook)), p)?)
+        Ok(evaluate_with_hook(
+            cpu,
+            &mut reference,
+            &sp.held_out,
+            opts,
+            Some(Box::new(hook)),
+            p,
+        )?)
     })?;
     // Oracle: the same τ per layer, applied to the true values.
     let oracle: BTreeMap<String, f32> = predictor
@@ -841,9 +987,19 @@ fn run_predict(
         .map(|(l, lp)| (membound::sparsity::site_key(l, Site::Down), lp.tau))
         .collect();
     let (orep, oach) = stage("oracle", total, |p| {
-        Ok(evaluate_thresholds(cpu, &mut reference, &sp.held_out, opts, &oracle, p)?)
+        Ok(evaluate_thresholds(
+            cpu,
+            &mut reference,
+            &sp.held_out,
+            opts,
+            &oracle,
+            p,
+        )?)
     })?;
-    let per_layer = counts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let per_layer = counts
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     let mut sum = Confusion::default();
     for c in &per_layer {
         sum.add(c);
@@ -912,7 +1068,10 @@ fn print_prediction(p: &PredictionOut) {
         pct(p.predictor_weights_per_token as f64 / p.mlp_weights_per_token as f64),
     ]);
     t.add_row(["net MLP weights saved".to_string(), pct(p.net_mlp_saving)]);
-    t.add_row(["net weights saved per token".to_string(), pct(p.net_token_saving)]);
+    t.add_row([
+        "net weights saved per token".to_string(),
+        pct(p.net_token_saving),
+    ]);
     t.add_row([
         "perplexity: dense / predicted / oracle".to_string(),
         format!(
@@ -1011,21 +1170,37 @@ impl SparsityArgs {
                 let f = ThresholdFile::load(p)?;
                 (
                     f.thresholds,
-                    format!("{} ({}, calibrated on {})", p.display(), f.method.name(), f.model),
+                    format!(
+                        "{} ({}, calibrated on {})",
+                        p.display(),
+                        f.method.name(),
+                        f.model
+                    ),
                     f.target,
                 )
             }
             (None, Some(s)) => {
-                ensure!((0.0..=1.0).contains(&s), "--sparsity {s}: a share in [0, 1]");
+                ensure!(
+                    (0.0..=1.0).contains(&s),
+                    "--sparsity {s}: a share in [0, 1]"
+                );
                 let all = match model.tokenizer.encode(EVAL_TEXT, true) {
                     Ok(t) => t,
-                    Err(_) => model.tokenizer.encode(&encodable_text(&model.tokenizer), true)?,
+                    Err(_) => model
+                        .tokenizer
+                        .encode(&encodable_text(&model.tokenizer), true)?,
                 };
                 let half = all.len() / 2;
                 let calib = &all[half..(half + 128).min(all.len())];
                 let window = cfg.max_seq_len.min(256);
                 let mags = stage("calibrating", calib.len(), |p| {
-                    Ok(calibrate::collect(&mut cpu, calib, window, self.sparse_sites.sites(), p)?)
+                    Ok(calibrate::collect(
+                        &mut cpu,
+                        calib,
+                        window,
+                        self.sparse_sites.sites(),
+                        p,
+                    )?)
                 })?;
                 (
                     calibrate::uniform(&mags, cfg.n_layers, self.sparse_sites.sites(), s)?,

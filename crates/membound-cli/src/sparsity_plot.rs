@@ -108,7 +108,12 @@ pub fn histograms(path: &Path, model: &str, sites: &[(String, ActivationStats)])
 
 /// Per layer, the share of each site's inputs below `rel_index`'s relative
 /// threshold (solid) and exactly zero (dashed where non-zero).
-pub fn layer_shares(path: &Path, model: &str, records: &[SiteRecord], rel_index: usize) -> Result<()> {
+pub fn layer_shares(
+    path: &Path,
+    model: &str,
+    records: &[SiteRecord],
+    rel_index: usize,
+) -> Result<()> {
     let Some(first) = records.first() else {
         return Ok(());
     };

@@ -62,18 +62,42 @@ fn sidecar_written_and_applied() {
     let side = dir.path().join("t.json");
     let s = side.to_str().unwrap();
     let (code, _, err) = membound(&[
-        "sparsity", "llama2xs-280K", "--tokens", "64", "--calibrate", "0.5", "-o", s,
+        "sparsity",
+        "llama2xs-280K",
+        "--tokens",
+        "64",
+        "--calibrate",
+        "0.5",
+        "-o",
+        s,
     ]);
     assert_eq!(code, 0, "{err}");
     // Not overwritten without --force.
     let (code, _, err) = membound(&[
-        "sparsity", "llama2xs-280K", "--tokens", "64", "--calibrate", "0.5", "-o", s,
+        "sparsity",
+        "llama2xs-280K",
+        "--tokens",
+        "64",
+        "--calibrate",
+        "0.5",
+        "-o",
+        s,
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("--force"), "{err}");
     let (code, out, err) = membound(&[
-        "eval", "-m", "llama2xs-280K", "--device", "cpu", "--weights", "f32", "--thresholds", s,
-        "--max-tokens", "64", "--json",
+        "eval",
+        "-m",
+        "llama2xs-280K",
+        "--device",
+        "cpu",
+        "--weights",
+        "f32",
+        "--thresholds",
+        s,
+        "--max-tokens",
+        "64",
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -84,9 +108,21 @@ fn sidecar_written_and_applied() {
     assert_ne!(code, 0);
     assert!(err.contains("membound bench decode --sparsity"), "{err}");
     // A bad sidecar is an error, not a panic.
-    std::fs::write(&side, r#"{"model":"m","target":0.5,"method":"uniform","thresholds":{"layers.0.down":-1}}"#).unwrap();
+    std::fs::write(
+        &side,
+        r#"{"model":"m","target":0.5,"method":"uniform","thresholds":{"layers.0.down":-1}}"#,
+    )
+    .unwrap();
     let (code, _, err) = membound(&[
-        "eval", "-m", "llama2xs-280K", "--device", "cpu", "--thresholds", s, "--max-tokens", "8",
+        "eval",
+        "-m",
+        "llama2xs-280K",
+        "--device",
+        "cpu",
+        "--thresholds",
+        s,
+        "--max-tokens",
+        "8",
     ]);
     assert_eq!(code, 1);
     assert!(err.starts_with("error:") && err.contains("≥ 0"), "{err}");

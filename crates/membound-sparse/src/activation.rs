@@ -11,8 +11,7 @@ pub const HIST_LOG10_MAX: f32 = 4.0;
 /// Histogram bins per decade of magnitude.
 pub const HIST_BINS_PER_DECADE: usize = 4;
 /// Number of histogram bins: (max − min) decades × bins per decade.
-pub const HIST_BINS: usize =
-    ((HIST_LOG10_MAX - HIST_LOG10_MIN) as usize) * HIST_BINS_PER_DECADE;
+pub const HIST_BINS: usize = ((HIST_LOG10_MAX - HIST_LOG10_MIN) as usize) * HIST_BINS_PER_DECADE;
 
 /// Streaming statistics of the activation vectors of one site (one layer's
 /// projection input). Only counters are kept, so memory does not grow with

@@ -34,7 +34,11 @@ fn recorder_counts_a_hand_computed_vector() {
     let mut x = [0.0, 0.005, -0.2, 0.5, -1.3, 2.0];
     hook.on_input(3, Site::Down, &mut x);
     hook.on_input(3, Site::Down, &mut [0.0, 0.0]);
-    assert_eq!(x, [0.0, 0.005, -0.2, 0.5, -1.3, 2.0], "recording changes nothing");
+    assert_eq!(
+        x,
+        [0.0, 0.005, -0.2, 0.5, -1.3, 2.0],
+        "recording changes nothing"
+    );
     let r = rec.lock().unwrap();
     let s = r.get(3, "down").unwrap();
     assert_eq!(s.vectors, 2);
@@ -58,7 +62,13 @@ fn site_keys_round_trip() {
             assert_eq!(parse_site_key(&site_key(l, s)), Some((l, s)));
         }
     }
-    for bad in ["layers.x.down", "layers.1.up", "layer.1.down", "layers.1", ""] {
+    for bad in [
+        "layers.x.down",
+        "layers.1.up",
+        "layer.1.down",
+        "layers.1",
+        "",
+    ] {
         assert_eq!(parse_site_key(bad), None, "{bad}");
     }
 }
@@ -82,10 +92,19 @@ fn sidecar_round_trip_and_bad_files() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
     let bad = [
-        (r#"{"target":0.5,"method":"uniform","thresholds":{}}"#, "model"),
-        (r#"{"model":"m","method":"uniform","thresholds":{}}"#, "target"),
+        (
+            r#"{"target":0.5,"method":"uniform","thresholds":{}}"#,
+            "model",
+        ),
+        (
+            r#"{"model":"m","method":"uniform","thresholds":{}}"#,
+            "target",
+        ),
         (r#"{"model":"m","target":0.5,"thresholds":{}}"#, "method"),
-        (r#"{"model":"m","target":0.5,"method":"uniform"}"#, "thresholds"),
+        (
+            r#"{"model":"m","target":0.5,"method":"uniform"}"#,
+            "thresholds",
+        ),
         (
             r#"{"model":"m","target":0.5,"method":"uniform","thresholds":{"layers.0.down":NaN}}"#,
             "",
@@ -148,7 +167,10 @@ fn greedy_levels_keep_the_weighted_average() {
             .sum::<f64>()
             / total;
         assert!((avg - target).abs() < 1e-9, "target {target}: {avg}");
-        assert!(lv.iter().all(|&x| (0.0..=calibrate::MAX_LEVEL).contains(&x)));
+        assert!(
+            lv.iter()
+                .all(|&x| (0.0..=calibrate::MAX_LEVEL).contains(&x))
+        );
         if target > 0.0 {
             // The least sensitive unit gets at least the most sensitive one's level.
             assert!(lv[0] >= lv[3], "{lv:?}");
@@ -165,11 +187,27 @@ fn thresholds_of_zero_give_dense_logits() {
     let tokens = &tokens[..40];
     let mut dense = CpuLlama::new(cfg.clone(), m.weights.clone());
     let mut want = Vec::new();
-    teacher_force(&mut dense, tokens, 256, &mut |_, l| want.push(l), &mut |_, _| {}).unwrap();
+    teacher_force(
+        &mut dense,
+        tokens,
+        256,
+        &mut |_, l| want.push(l),
+        &mut |_, _| {},
+    )
+    .unwrap();
     let zero = membound::sparsity::threshold_map(cfg.n_layers, &Site::ALL, |_, _| 0.0);
-    dense.set_hook(Some(Box::new(ThresholdHook::new(cfg.n_layers, &zero).unwrap())));
+    dense.set_hook(Some(Box::new(
+        ThresholdHook::new(cfg.n_layers, &zero).unwrap(),
+    )));
     let mut got = Vec::new();
-    teacher_force(&mut dense, tokens, 256, &mut |_, l| got.push(l), &mut |_, _| {}).unwrap();
+    teacher_force(
+        &mut dense,
+        tokens,
+        256,
+        &mut |_, l| got.push(l),
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(got, want);
 }
 

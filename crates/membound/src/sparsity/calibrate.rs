@@ -154,7 +154,13 @@ pub fn sensitivity(
     let cfg = model.config().clone();
     let old = model.set_hook(None);
     let mut dense = Vec::with_capacity(tokens.len());
-    let r = teacher_force(model, tokens, window, &mut |_, l| dense.push(l), &mut |_, _| {});
+    let r = teacher_force(
+        model,
+        tokens,
+        window,
+        &mut |_, l| dense.push(l),
+        &mut |_, _| {},
+    );
     if let Err(e) = r {
         model.set_hook(old);
         return Err(e);
@@ -206,7 +212,8 @@ pub fn greedy_levels(sens: &[Sensitivity], target: f64) -> Result<Vec<f64>> {
     let mut avg = 0.0;
     // Sensitivities of exactly 0 would all tie: a tiny floor keeps the
     // order by weight.
-    let cost = |s: &Sensitivity, x: f64| s.kl.max(1e-12) * (x / s.probe.max(1e-6)).powi(COST_EXPONENT);
+    let cost =
+        |s: &Sensitivity, x: f64| s.kl.max(1e-12) * (x / s.probe.max(1e-6)).powi(COST_EXPONENT);
     while avg < target - 1e-12 {
         let best = (0..sens.len())
             .filter(|&i| level[i] < MAX_LEVEL - 1e-12)
