@@ -128,10 +128,20 @@ const ATT_CHUNK: u32 = ATT_WG / ATT_SLICES;
 // cos and sin of position p and pair i at [2·(p·HEAD_DIM/2 + i)], computed
 // on the host in f64.
 @group(0) @binding(3) var<storage, read> att_rope: array<f32>;
-// Context × KV width, position-major, as vec4 (HEAD_DIM % 4 == 0).
-@group(0) @binding(4) var<storage, read_write> att_k_cache: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> att_v_cache: array<vec4<f32>>;
+// Bits per cached value: 32 (f32), 16 (f16), 8 or 4 (affine codes, a scale
+// and minimum per KV_GROUP values of a head, as an f16 pair).
+override KV_BITS: u32 = 32u;
+override KV_GROUP: u32 = 32u;
+
+// Context × KV width, position-major: the values' bits packed into u32
+// words (one f32, two f16, four 8-bit or eight 4-bit codes a word), read
+// as vec4 of words.
+@group(0) @binding(4) var<storage, read_write> att_k_cache: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> att_v_cache: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read_write> att_out: array<f32>;
+// Per KV_GROUP values: (scale, minimum) as f16 (codes only; else a dummy).
+@group(0) @binding(7) var<storage, read_write> att_k_params: array<u32>;
+@group(0) @binding(8) var<storage, read_write> att_v_params: array<u32>;
 
 // The group's rotated queries, pre-scaled by 1/√d.
 var<workgroup> att_qs: array<f32, ATT_MAX_Q>;
@@ -141,8 +151,102 @@ var<workgroup> att_p: array<f32, 512>;
 var<workgroup> att_part: array<f32, 2048>;
 // Per head: running max, running sum, and this chunk's rescale factor.
 var<workgroup> att_m: array<f32, ATT_MAX_GROUP>;
+// This token's rotated k (then v) of the workgroup's KV head, and their
+// groups' (scale, minimum), before they are packed into the cache.
+var<workgroup> att_new: array<f32, 512>;
+var<workgroup> att_gp: array<vec2<f32>, 16>;
 var<workgroup> att_l: array<f32, ATT_MAX_GROUP>;
 var<workgroup> att_r: array<f32, ATT_MAX_GROUP>;
+
+// Four cached values from flat element index e (a multiple of 4) of a
+// cache's words `w` (the vec4 of words holding them) and its params.
+fn kv_decode(e: u32, words: vec4<u32>, params: u32) -> vec4<f32> {
+    let word = e * KV_BITS / 32u;
+    switch KV_BITS {
+        case 32u: {
+            return bitcast<vec4<f32>>(words);
+        }
+        case 16u: {
+            let a = words[word % 4u];
+            let b = words[(word + 1u) % 4u];
+            return vec4<f32>(unpack2x16float(a), unpack2x16float(b));
+        }
+        default: {
+            let sm = unpack2x16float(params);
+            let w = words[word % 4u];
+            var q: vec4<f32>;
+            if (KV_BITS == 8u) {
+                q = unpack4x8unorm(w) * 255.0;
+            } else {
+                let sh = (e % 8u) * 4u;
+                q = vec4<f32>(
+                    f32((w >> sh) & 15u),
+                    f32((w >> (sh + 4u)) & 15u),
+                    f32((w >> (sh + 8u)) & 15u),
+                    f32((w >> (sh + 12u)) & 15u),
+                );
+            }
+            return q * sm.x + sm.y;
+        }
+    }
+}
+
+fn k_load4(e: u32) -> vec4<f32> {
+    let word = e * KV_BITS / 32u;
+    var p = 0u;
+    if (KV_BITS < 16u) {
+        p = att_k_params[e / KV_GROUP];
+    }
+    return kv_decode(e, att_k_cache[word / 4u], p);
+}
+
+fn v_load4(e: u32) -> vec4<f32> {
+    let word = e * KV_BITS / 32u;
+    var p = 0u;
+    if (KV_BITS < 16u) {
+        p = att_v_params[e / KV_GROUP];
+    }
+    return kv_decode(e, att_v_cache[word / 4u], p);
+}
+
+// Packs word `j` (of the 2·HEAD_DIM·KV_BITS/32 words of this token's k then
+// v, staged in att_new) for this KV head at `pos`.
+fn kv_store_word(j: u32, pos: u32, kvh: u32) {
+    let per = 32u / KV_BITS;
+    let words_per_head = HEAD_DIM / per;
+    let is_v = j >= words_per_head;
+    let jj = select(j, j - words_per_head, is_v);
+    let first = jj * per;
+    let src = select(0u, HEAD_DIM, is_v);
+    var w = 0u;
+    switch KV_BITS {
+        case 32u: {
+            w = bitcast<u32>(att_new[src + first]);
+        }
+        case 16u: {
+            w = pack2x16float(vec2<f32>(att_new[src + first], att_new[src + first + 1u]));
+        }
+        default: {
+            let gi = select(0u, HEAD_DIM / KV_GROUP, is_v) + first / KV_GROUP;
+            let sm = att_gp[gi];
+            let top = f32((1u << (KV_BITS % 32u)) - 1u);
+            for (var k = 0u; k < per; k++) {
+                var q = 0.0;
+                if (sm.x > 0.0) {
+                    q = clamp(round((att_new[src + first + k] - sm.y) / sm.x), 0.0, top);
+                }
+                w |= u32(q) << (k * KV_BITS);
+            }
+        }
+    }
+    let kv_dim = N_KV_HEADS * HEAD_DIM;
+    let word = (pos * kv_dim + kvh * HEAD_DIM) * KV_BITS / 32u + jj;
+    if (is_v) {
+        att_v_cache[word / 4u][word % 4u] = w;
+    } else {
+        att_k_cache[word / 4u][word % 4u] = w;
+    }
+}
 
 fn att_in(i: u32) -> f32 {
     var v = att_qkv[i];
@@ -201,19 +305,44 @@ fn attention(
             att_qs[hh * HEAD_DIM + u32(r.w)] = r.y * scale;
         } else {
             let r = att_rotate(q_dim + kvh * HEAD_DIM, i, pos);
-            let a = pos * kv_dim + kvh * HEAD_DIM + u32(r.z);
-            let b = pos * kv_dim + kvh * HEAD_DIM + u32(r.w);
-            att_k_cache[a / 4u][a % 4u] = r.x;
-            att_k_cache[b / 4u][b % 4u] = r.y;
+            att_new[u32(r.z)] = r.x;
+            att_new[u32(r.w)] = r.y;
         }
     }
     for (var j = lid; j < HEAD_DIM; j += ATT_WG) {
-        let at = pos * kv_dim + kvh * HEAD_DIM + j;
-        att_v_cache[at / 4u][at % 4u] = att_in(q_dim + kv_dim + kvh * HEAD_DIM + j);
+        att_new[HEAD_DIM + j] = att_in(q_dim + kv_dim + kvh * HEAD_DIM + j);
     }
     if (lid < group) {
         att_m[lid] = -3.0e38;
         att_l[lid] = 0.0;
+    }
+    workgroupBarrier();
+    // Quantized caches: each group's scale and minimum (MLX's affine
+    // convention), rounded to f16 as stored.
+    if (KV_BITS < 16u) {
+        let groups = 2u * HEAD_DIM / KV_GROUP;
+        if (lid < groups) {
+            var lo = 3.0e38;
+            var hi = -3.0e38;
+            for (var k = 0u; k < KV_GROUP; k++) {
+                let v = att_new[lid * KV_GROUP + k];
+                lo = min(lo, v);
+                hi = max(hi, v);
+            }
+            let packed = pack2x16float(vec2<f32>((hi - lo) / f32((1u << (KV_BITS % 32u)) - 1u), lo));
+            att_gp[lid] = unpack2x16float(packed);
+            let per_head = HEAD_DIM / KV_GROUP;
+            let at = (pos * kv_dim + kvh * HEAD_DIM) / KV_GROUP + lid % per_head;
+            if (lid < per_head) {
+                att_k_params[at] = packed;
+            } else {
+                att_v_params[at] = packed;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = lid; j < 2u * HEAD_DIM * KV_BITS / 32u; j += ATT_WG) {
+        kv_store_word(j, pos, kvh);
     }
     storageBarrier();
     workgroupBarrier();
@@ -245,7 +374,7 @@ fn attention(
                 dots[g] = 0.0;
             }
             for (var i = 0u; i < per; i++) {
-                let k = att_k_cache[kb + i];
+                let k = k_load4(4u * (kb + i));
                 let qo = 4u * (sl * per + i);
                 for (var g = 0u; g < group; g++) {
                     let qb = g * HEAD_DIM + qo;
@@ -295,7 +424,7 @@ fn attention(
             acc[g] *= att_r[g];
         }
         for (var t = lane; t < len; t += lanes) {
-            let v = att_v_cache[(c + t) * kv4 + kvh * hd4 + d4];
+            let v = v_load4(4u * ((c + t) * kv4 + kvh * hd4 + d4));
             for (var g = 0u; g < group; g++) {
                 acc[g] += att_p[g * ATT_CHUNK + t] * v;
             }

@@ -76,6 +76,10 @@ struct DecodeArgs {
     /// research notes' model 1/(1 − s + overhead).
     #[arg(long)]
     sparsity: Option<f32>,
+    /// KV-cache storage: f32, f16, q8 or q4 (8/4-bit codes with an f16
+    /// scale and minimum per 32 values of a head).
+    #[arg(long, default_value = "f32")]
+    kv_cache: String,
     /// Peak memory bandwidth in GB/s, overriding the datasheet table.
     #[arg(long)]
     peak_gbps: Option<f64>,
@@ -288,6 +292,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         seed: a.seed,
         submissions: a.submissions,
         sparsity: a.sparsity,
+        kv_cache: membound_gpu::KvDType::parse(&a.kv_cache)?,
     };
     let loaded;
     let subject = match (&a.synthetic, &a.model) {
@@ -367,11 +372,12 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
     }
     if let Some(r) = report.rows.first() {
         println!(
-            "{}: decode from position {} ({} timed tokens, median), KV cache {}",
+            "{}: decode from position {} ({} timed tokens, median), KV cache {} ({})",
             r.model,
             r.start_pos,
             r.tokens,
-            crate::inspect::human_bytes(r.kv_cache_bytes)
+            crate::inspect::human_bytes(r.kv_cache_bytes),
+            r.kv_cache
         );
     }
     println!("{t}");

@@ -11,7 +11,9 @@ mod common;
 
 use common::{Rng, context};
 use membound_gpu::kernels::llama as ops;
-use membound_gpu::{AttentionShape, GpuBuffer, GpuFeatures, GpuVector, KvCache, StepBuffer, wgpu};
+use membound_gpu::{
+    AttentionShape, GpuBuffer, GpuFeatures, GpuVector, KvCache, KvDType, StepBuffer, wgpu,
+};
 
 fn close(got: &[f32], want: &[f64], what: &str) {
     let scale = want.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
@@ -61,6 +63,8 @@ fn rms_norm_and_residual_add() {
 /// Scalar reference: bias, RoPE, then causal softmax attention over all
 /// positions so far, per query head.
 struct RefAttention {
+    /// Stored values as the cache holds them (quantized per its dtype).
+    quantize: bool,
     shape: AttentionShape,
     theta: f64,
     keys: Vec<Vec<f64>>,
@@ -87,6 +91,33 @@ impl RefAttention {
         }
     }
 
+    /// What the cache returns for `x`: f16 rounding, or MLX-style affine
+    /// codes per group with the scale and minimum rounded to f16.
+    fn store(&self, x: &mut [f64]) {
+        use half::f16;
+        let r16 = |v: f64| f64::from(f16::from_f64(v).to_f32());
+        match self.shape.kv {
+            KvDType::F32 => x.iter_mut().for_each(|v| *v = f64::from(*v as f32)),
+            KvDType::F16 => x.iter_mut().for_each(|v| *v = r16(*v)),
+            KvDType::Q8 | KvDType::Q4 => {
+                let top = f64::from((1u32 << self.shape.kv.bits()) - 1);
+                for g in x.chunks_mut(self.shape.kv_group()) {
+                    let lo = g.iter().cloned().fold(f64::MAX, f64::min) as f32 as f64;
+                    let hi = g.iter().cloned().fold(f64::MIN, f64::max) as f32 as f64;
+                    let (scale, min) = (r16((hi - lo) / top), r16(lo));
+                    for v in g.iter_mut() {
+                        let q = if scale > 0.0 {
+                            ((*v - min) / scale).round().clamp(0.0, top)
+                        } else {
+                            0.0
+                        };
+                        *v = q * scale + min;
+                    }
+                }
+            }
+        }
+    }
+
     fn step(&mut self, qkv: &[f32], bias: Option<&[f32]>, pos: usize) -> Vec<f64> {
         let s = self.shape;
         let (qd, kvd, hd) = (s.q_dim(), s.kv_dim(), s.head_dim);
@@ -99,8 +130,13 @@ impl RefAttention {
         let mut k = v[qd..qd + kvd].to_vec();
         self.rotate(&mut q, pos);
         self.rotate(&mut k, pos);
+        let mut vv = v[qd + kvd..].to_vec();
+        if self.quantize {
+            self.store(&mut k);
+            self.store(&mut vv);
+        }
         self.keys.push(k);
-        self.values.push(v[qd + kvd..].to_vec());
+        self.values.push(vv);
         let group = s.n_heads / s.n_kv_heads;
         let mut out = vec![0.0; qd];
         for h in 0..s.n_heads {
@@ -145,6 +181,7 @@ fn attention_matches_reference_over_many_positions() {
             head_dim,
             context: positions,
             rope_half,
+            kv: KvDType::F32,
         };
         let total = shape.q_dim() + 2 * shape.kv_dim();
         let theta = 10_000.0;
@@ -167,6 +204,7 @@ fn attention_matches_reference_over_many_positions() {
         )
         .unwrap();
         let mut reference = RefAttention {
+            quantize: false,
             shape,
             theta,
             keys: Vec::new(),
@@ -186,6 +224,70 @@ fn attention_matches_reference_over_many_positions() {
                 let what = format!("{n_heads}/{n_kv_heads}×{head_dim} at {pos}");
                 close(&out.read(&ctx).unwrap(), &want, &what);
             }
+        }
+    }
+}
+
+/// f16, 8-bit and 4-bit caches against the reference attention over the
+/// values as each cache stores them (tight), and against f32 values
+/// (within the stated loss: 8-bit codes move outputs by about 1% of their
+/// range, 4-bit by about 10%).
+#[test]
+fn quantized_kv_cache_matches_its_reference() {
+    let Some(ctx) = context(GpuFeatures::NONE) else { return };
+    let mut rng = Rng::new(21);
+    for kv in [KvDType::F16, KvDType::Q8, KvDType::Q4] {
+        for (n_heads, n_kv_heads, head_dim, positions) in [(4, 2, 64, 300), (8, 4, 8, 40)] {
+            let shape = AttentionShape {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                context: positions,
+                rope_half: true,
+                kv,
+            };
+            let total = shape.q_dim() + 2 * shape.kv_dim();
+            let rope = GpuVector::from_slice(&ctx, "rope", &shape.rope_table(10_000.0)).unwrap();
+            let cache = KvCache::new(&ctx, 0, &shape).unwrap();
+            let step = StepBuffer::new(&ctx).unwrap();
+            let qkv = GpuVector::zeros(&ctx, "qkv", total).unwrap();
+            let out = GpuVector::zeros(&ctx, "out", shape.q_dim()).unwrap();
+            let d = ops::attention(&ctx, &shape, &step, &qkv, None, &rope, &cache, &out).unwrap();
+            let new = |quantize| RefAttention {
+                quantize,
+                shape,
+                theta: 10_000.0,
+                keys: Vec::new(),
+                values: Vec::new(),
+            };
+            let (mut stored, mut exact) = (new(true), new(false));
+            let mut worst = 0f64;
+            for pos in 0..positions {
+                let x = randn(&mut rng, total);
+                qkv.write(&ctx, &x).unwrap();
+                step.write(&ctx, pos as u32, 0);
+                ctx.submit(&[&d]).unwrap();
+                let want = stored.step(&x, None, pos);
+                let ideal = exact.step(&x, None, pos);
+                if pos < 2 || pos % 61 == 0 || pos + 1 == positions {
+                    let got = out.read(&ctx).unwrap();
+                    let what = format!("{kv:?} {n_heads}/{n_kv_heads}×{head_dim} at {pos}");
+                    close(&got, &want, &what);
+                    let scale = ideal.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+                    for (g, i) in got.iter().zip(&ideal) {
+                        worst = worst.max((f64::from(*g) - i).abs() / scale);
+                    }
+                }
+            }
+            let bound = match kv {
+                KvDType::F16 => 2e-3,
+                KvDType::Q8 => 2e-2,
+                _ => 0.2,
+            };
+            eprintln!("{kv:?} {n_heads}/{n_kv_heads}×{head_dim}: worst error vs f32 {worst:.2e}");
+            assert!(worst < bound, "{kv:?}: {worst} vs f32");
+            let per_pos = shape.kv_bytes_per_position() as u64;
+            assert!(cache.bytes() >= 2 * per_pos * positions as u64);
         }
     }
 }
@@ -240,6 +342,7 @@ fn bad_shapes_are_errors() {
         head_dim: 16,
         context: 8,
         rope_half: false,
+        kv: KvDType::F32,
     };
     let e = KvCache::new(&ctx, 0, &shape).unwrap_err().to_string();
     assert!(e.contains("kv heads"), "{e}");

@@ -70,6 +70,7 @@ fn compare(
             context: Some(steps + 1),
             submissions: 3,
             sparse_down: None,
+            kv_cache: Default::default(),
         },
     )
     .unwrap();
@@ -273,6 +274,64 @@ fn sparse_down_matches_cpu_with_thresholding_hook() {
         for (active, n) in g.down_activity().unwrap() {
             let skipped = 1.0 - active as f32 / n as f32;
             assert!((skipped - 0.5).abs() <= 0.02, "{dtype:?}: skipped {skipped}");
+        }
+    }
+}
+
+/// Quantized KV caches on a real model: f16 and 8-bit keep llama2xs's
+/// greedy text and stay close to the f32 logits; 4-bit stays within its
+/// stated loss. Bytes shrink as stated.
+#[test]
+fn quantized_kv_cache_decodes_close_to_f32() {
+    use membound_gpu::KvDType;
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        return missing("llama2xs-280K");
+    };
+    let Some(ctx) = gpu() else { return };
+    let (cfg, w) = load(&path);
+    let prepared = prepare(&cfg, &w, &WeightPlan::uniform("f32"), &|_, _| {}).unwrap();
+    let mut cpu = CpuLlama::new(cfg.clone(), prepared.decoded_weights().unwrap());
+    let want: Vec<Vec<f32>> = {
+        let mut tok = 1;
+        (0..LLAMA2XS_GREEDY.len())
+            .map(|pos| {
+                let l = cpu.forward(tok, pos).unwrap();
+                tok = LLAMA2XS_GREEDY[pos];
+                l
+            })
+            .collect()
+    };
+    let mut f32_bytes = 0;
+    for (kv, bound) in [
+        (KvDType::F32, 1e-3),
+        (KvDType::F16, 5e-3),
+        (KvDType::Q8, 5e-2),
+        (KvDType::Q4, 0.3),
+    ] {
+        let opts = GpuLlamaOptions {
+            context: Some(32),
+            kv_cache: kv,
+            ..Default::default()
+        };
+        let mut g = GpuLlama::new(Arc::clone(&ctx), &prepared, opts).unwrap();
+        let mut tok = 1;
+        let mut worst = 0f32;
+        for (pos, w) in want.iter().enumerate() {
+            let got = g.forward(tok, pos).unwrap();
+            worst = worst.max(rel_err(&got, w));
+            if kv != KvDType::Q4 {
+                assert_eq!(membound::model::argmax(&got), LLAMA2XS_GREEDY[pos], "{kv:?} at {pos}");
+            }
+            tok = LLAMA2XS_GREEDY[pos];
+        }
+        eprintln!("{kv:?}: worst relative logit error {worst:.2e}, KV {} bytes", g.kv_cache_bytes());
+        assert!(worst < bound, "{kv:?}: {worst}");
+        match kv {
+            KvDType::F32 => f32_bytes = g.kv_cache_bytes(),
+            KvDType::F16 => assert_eq!(g.kv_cache_bytes() * 2, f32_bytes),
+            // Codes plus one f16 (scale, min) pair per 8-value group here.
+            KvDType::Q8 => assert!(g.kv_cache_bytes() * 2 < f32_bytes),
+            KvDType::Q4 => assert!(g.kv_cache_bytes() * 4 < f32_bytes),
         }
     }
 }

@@ -46,6 +46,64 @@ impl StepBuffer {
     }
 }
 
+/// How the KV cache stores keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum KvDType {
+    /// 4 bytes a value.
+    #[default]
+    F32,
+    /// IEEE half.
+    F16,
+    /// 8-bit affine codes, with an f16 scale and minimum per 32 values of
+    /// a head (per head when narrower): MLX's affine convention.
+    Q8,
+    /// 4-bit affine codes, grouped like [`KvDType::Q8`].
+    Q4,
+}
+
+impl KvDType {
+    /// Bits per stored value (without the groups' scales).
+    pub const fn bits(self) -> u32 {
+        match self {
+            Self::F32 => 32,
+            Self::F16 => 16,
+            Self::Q8 => 8,
+            Self::Q4 => 4,
+        }
+    }
+
+    /// Parses `f32`, `f16`, `q8` or `q4`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Self::F32,
+            "f16" => Self::F16,
+            "q8" => Self::Q8,
+            "q4" => Self::Q4,
+            other => {
+                return Err(GpuError::invalid(
+                    "KV cache",
+                    format!("{other:?} is not a KV-cache type; use f32, f16, q8 or q4"),
+                ));
+            }
+        })
+    }
+
+    /// The name `parse` reads.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Q8 => "q8",
+            Self::Q4 => "q4",
+        }
+    }
+
+    /// Whether values are codes with per-group scales.
+    pub const fn is_quantized(self) -> bool {
+        matches!(self, Self::Q8 | Self::Q4)
+    }
+}
+
 /// Attention shapes and conventions of one model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
@@ -60,6 +118,8 @@ pub struct AttentionShape {
     /// `true`: dimensions (i, i + d/2) rotate together (Hugging Face);
     /// `false`: (2i, 2i + 1) do (llama2.c, GGUF).
     pub rope_half: bool,
+    /// How the cache stores keys and values.
+    pub kv: KvDType,
 }
 
 impl AttentionShape {
@@ -71,6 +131,24 @@ impl AttentionShape {
     /// Key (and value) width.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// Values per scale group of a quantized cache: 32, or the head width
+    /// when narrower.
+    pub fn kv_group(&self) -> usize {
+        self.head_dim.min(32)
+    }
+
+    /// Bytes of keys (or of values) one position takes in the cache, scales
+    /// included.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let codes = self.kv_dim() * self.kv.bits() as usize / 8;
+        let params = if self.kv.is_quantized() {
+            self.kv_dim() / self.kv_group() * 4
+        } else {
+            0
+        };
+        codes + params
     }
 
     fn check(&self) -> Result<()> {
@@ -248,35 +326,58 @@ pub fn add_rms_norm(
     )
 }
 
-/// The KV cache of one layer: `context × kv_dim` f32 keys and values.
+/// The KV cache of one layer: `context × kv_dim` keys and values in the
+/// shape's [`KvDType`], and for quantized caches their groups' scales.
 #[derive(Debug)]
 pub struct KvCache {
-    /// Keys, position-major.
+    /// Keys, position-major, packed in u32 words.
     pub k: GpuBuffer,
-    /// Values, position-major.
+    /// Values, the same way.
     pub v: GpuBuffer,
+    /// Keys' (scale, minimum) per group as f16 pairs (4 bytes unless
+    /// quantized).
+    pub k_params: GpuBuffer,
+    /// Values' (scale, minimum).
+    pub v_params: GpuBuffer,
 }
 
 impl KvCache {
     /// A zeroed cache for `shape`, named after `layer`.
     pub fn new(ctx: &GpuContext, layer: usize, shape: &AttentionShape) -> Result<Self> {
         shape.check()?;
-        let bytes = (shape.context as u64) * (shape.kv_dim() as u64) * 4;
+        let n = shape.context as u64;
+        let codes = (n * (shape.kv_dim() as u64) * u64::from(shape.kv.bits()) / 8).next_multiple_of(16);
+        let params = if shape.kv.is_quantized() {
+            n * (shape.kv_dim() / shape.kv_group()) as u64 * 4
+        } else {
+            4
+        };
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let make = |kind: &str| {
-            let name = format!("layer {layer} {kind} cache ({} positions)", shape.context);
+        let make = |kind: &str, bytes: u64| {
+            let name = format!(
+                "layer {layer} {kind} ({} positions, {})",
+                shape.context,
+                shape.kv.name()
+            );
             crate::buffer::check_binding_size(ctx, &name, bytes)?;
             GpuBuffer::new(ctx, &name, bytes, usage)
         };
         Ok(Self {
-            k: make("key")?,
-            v: make("value")?,
+            k: make("key cache", codes)?,
+            v: make("value cache", codes)?,
+            k_params: make("key scales", params)?,
+            v_params: make("value scales", params)?,
         })
     }
 
-    /// Bytes of keys and values together.
+    /// Bytes of keys and values together, scales included.
     pub fn bytes(&self) -> u64 {
-        self.k.size() + self.v.size()
+        let params = if self.k_params.size() > 4 {
+            self.k_params.size() + self.v_params.size()
+        } else {
+            0
+        };
+        self.k.size() + self.v.size() + params
     }
 }
 
@@ -306,7 +407,7 @@ pub fn attention(
     }
     need(what, rope_table, shape.context * shape.head_dim)?;
     need(what, out, shape.q_dim())?;
-    let cache_bytes = (shape.context * shape.kv_dim() * 4) as u64;
+    let cache_bytes = (shape.context * shape.kv_dim()) as u64 * u64::from(shape.kv.bits()) / 8;
     need_bytes(what, &cache.k, cache_bytes)?;
     need_bytes(what, &cache.v, cache_bytes)?;
     let p = pipeline(
@@ -318,12 +419,16 @@ pub fn attention(
             ("HEAD_DIM", u32_of(what, shape.head_dim)?),
             ("ROPE_HALF", if shape.rope_half { 1.0 } else { 0.0 }),
             ("HAS_BIAS", if bias.is_some() { 1.0 } else { 0.0 }),
+            ("KV_BITS", f64::from(shape.kv.bits())),
+            ("KV_GROUP", shape.kv_group() as f64),
         ],
         &[
             Binding::Uniform,
             Binding::Storage,
             Binding::Storage,
             Binding::Storage,
+            Binding::StorageReadWrite,
+            Binding::StorageReadWrite,
             Binding::StorageReadWrite,
             Binding::StorageReadWrite,
             Binding::StorageReadWrite,
@@ -341,6 +446,8 @@ pub fn attention(
             &cache.k,
             &cache.v,
             out.buffer(),
+            &cache.k_params,
+            &cache.v_params,
         ],
         grid,
     )

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use membound_gpu::{GpuContext, SparseDType};
+use membound_gpu::{GpuContext, KvDType, SparseDType};
 
 use crate::model::gpu::{OpKind, synthetic_config};
 use crate::model::{Decoder, GpuLlama, GpuLlamaOptions, LlamaConfig};
@@ -39,6 +39,8 @@ pub struct Config {
     /// thresholds skip this share of their inputs (calibrated on the GPU
     /// on one token; f16 and 4-bit affine specs).
     pub sparsity: Option<f32>,
+    /// How the KV cache stores keys and values.
+    pub kv_cache: KvDType,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             seed: 1,
             submissions: 1,
             sparsity: None,
+            kv_cache: KvDType::F32,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct Row {
     pub weight_bytes: u64,
     /// KV-cache bytes on the device.
     pub kv_cache_bytes: u64,
+    /// How the KV cache stores values.
+    pub kv_cache: String,
     /// Position timing started at.
     pub start_pos: usize,
     /// Tokens timed.
@@ -233,6 +238,7 @@ pub fn run(
             context: Some(context),
             submissions: cfg.submissions,
             sparse_down: sparse.map(|(_, d)| d),
+            kv_cache: cfg.kv_cache,
         };
         let label = match sparse {
             None => format!("{spec} weights"),
@@ -341,6 +347,7 @@ pub fn run(
             params: params(&model_cfg),
             weight_bytes: bytes,
             kv_cache_bytes: m.kv_cache_bytes(),
+            kv_cache: cfg.kv_cache.name().to_owned(),
             start_pos: cfg.start_pos + cfg.warm_up_tokens,
             tokens: cfg.tokens,
             ms_per_token: ms,

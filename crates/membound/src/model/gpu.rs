@@ -27,7 +27,7 @@ use membound_codec::{AffineCodec, Encoded, Spec, codec_from_spec};
 use membound_gpu::kernels::llama as ops;
 use membound_gpu::{
     AffineGemv, AttentionShape, DenseGemv, Dispatch, GpuBuffer, GpuContext, GpuVector, KvCache,
-    LutGemv, SparseDType, SparseGemv, StepBuffer, Threshold, WeightDType,
+    KvDType, LutGemv, SparseDType, SparseGemv, StepBuffer, Threshold, WeightDType,
 };
 use rayon::prelude::*;
 
@@ -499,6 +499,9 @@ pub struct GpuLlamaOptions {
     /// inputs with |x| > τ are read ([`GpuLlama::set_down_thresholds`];
     /// τ = 0 at first: exact zeros only, lossless). `None`: dense.
     pub sparse_down: Option<SparseDType>,
+    /// How the KV cache stores keys and values (f32 by default; f16, or
+    /// 8/4-bit codes with a scale and minimum per 32 values of a head).
+    pub kv_cache: KvDType,
     /// Positions the KV cache holds; `None`: the model's context, at most
     /// 4096.
     pub context: Option<usize>,
@@ -511,6 +514,7 @@ impl Default for GpuLlamaOptions {
     fn default() -> Self {
         Self {
             sparse_down: None,
+            kv_cache: KvDType::F32,
             context: None,
             submissions: 1,
         }
@@ -778,6 +782,7 @@ impl GpuLlama {
             head_dim: cfg.head_dim(),
             context,
             rope_half: cfg.rope == RopeLayout::HalfSplit,
+            kv: opts.kv_cache,
         };
         let (d, h, kv) = (cfg.dim, cfg.hidden_dim, cfg.kv_dim());
         let vec = |name: &str, n: usize| GpuVector::zeros(c, name, n);
