@@ -91,9 +91,18 @@ pub struct Args {
     /// Skip the 4-bit weights in the sweep.
     #[arg(long)]
     no_quant: bool,
+    /// Weights of the sweep, comma-separated: f32, q4 (affine:bits=4,group=64).
+    #[arg(long, default_value = "f32,q4", value_name = "LIST")]
+    sweep_weights: String,
+    /// Site sets of the sweep, comma-separated: down, all.
+    #[arg(long, default_value = "down,all", value_name = "LIST")]
+    sweep_sites: String,
     /// Add greedy (sensitivity-allocated) thresholds to the sweep (f32 weights).
     #[arg(long)]
     greedy: bool,
+    /// Leave uniform thresholds out of the sweep (with --greedy: greedy only).
+    #[arg(long)]
+    no_uniform: bool,
     /// Tokens of each sensitivity probe (greedy allocation).
     #[arg(long, default_value_t = 32, value_name = "N")]
     probe_tokens: usize,
@@ -758,10 +767,24 @@ fn run_quality(
     })?;
     let mut points = Vec::new();
     let mut sensitivity = Vec::new();
-    let mut variants: Vec<&str> = vec!["f32"];
-    if !args.no_quant {
-        variants.push(Q4);
+    let mut variants: Vec<&str> = Vec::new();
+    for w in args.sweep_weights.split(',').map(str::trim) {
+        match w {
+            "f32" => variants.push("f32"),
+            "q4" if !args.no_quant => variants.push(Q4),
+            "q4" => {}
+            other => bail!("--sweep-weights: {other:?} is not f32 or q4"),
+        }
     }
+    let site_sets: Vec<SiteSet> = args
+        .sweep_sites
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .map_err(|e: membound::Error| anyhow::anyhow!("--sweep-sites: {e}"))
+        })
+        .collect::<Result<_>>()?;
     for spec in variants {
         let mut q4_model;
         let q4_mags;
@@ -796,7 +819,7 @@ fn run_quality(
                 p,
             )?)
         })?;
-        for sites in [SiteSet::Down, SiteSet::All] {
+        for &sites in &site_sets {
             let mut run_point = |method: Method,
                                  target: f64,
                                  th: BTreeMap<String, f32>,
@@ -832,7 +855,7 @@ fn run_quality(
                     tokens: r.tokens,
                 })
             };
-            for &level in &levels {
+            for &level in levels.iter().filter(|_| !args.no_uniform) {
                 let th = calibrate::uniform(mags, cfg.n_layers, sites.sites(), level)?;
                 points.push(run_point(Method::Uniform, level, th, model)?);
             }
