@@ -136,6 +136,10 @@ pub struct Args {
     /// Share of down inputs labelled inactive for the predictor.
     #[arg(long, default_value_t = 0.5, value_name = "S")]
     predict_target: f64,
+    /// Only redraw the quality plot (into --plot DIR) from the quality
+    /// points of earlier `--json` outputs of this command, merged.
+    #[arg(long, value_name = "JSON", num_args = 1..)]
+    replot: Vec<PathBuf>,
     /// Training recall the predictor's cut-off keeps.
     #[arg(long, default_value_t = 0.95, value_name = "R")]
     recall: f64,
@@ -452,7 +456,53 @@ fn stage<T>(
     r
 }
 
+/// `--replot`: the quality plot of several earlier runs.
+fn replot(args: &Args) -> Result<()> {
+    let dir = args.plot.as_ref().context("--replot needs --plot DIR")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut points = Vec::new();
+    for f in &args.replot {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", f.display()))?;
+        let Some(ps) = v["quality"]["points"].as_array() else {
+            bail!(
+                "{}: no quality.points (a `sparsity --quality --json` output?)",
+                f.display()
+            );
+        };
+        for p in ps {
+            let num = |k: &str| {
+                p[k].as_f64()
+                    .with_context(|| format!("{}: point without {k}", f.display()))
+            };
+            let txt = |k: &str| p[k].as_str().unwrap_or("").to_string();
+            points.push(QualityPoint {
+                weights: txt("weights"),
+                sites: txt("sites"),
+                method: txt("method"),
+                target: num("target")?,
+                achieved: num("achieved")?,
+                perplexity: num("perplexity")?,
+                ppl_rise: num("ppl_rise")?,
+                kl: num("kl")?,
+                top1: num("top1")?,
+                tokens: p["tokens"].as_u64().unwrap_or(0) as usize,
+            });
+        }
+    }
+    let name = short_name(&args.model);
+    let path = dir.join(format!("sparsity-{name}-quality.svg"));
+    crate::sparsity_plot::quality(&path, &args.model, &points)?;
+    eprintln!("wrote {} ({} points)", path.display(), points.len());
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if !args.replot.is_empty() {
+        return replot(&args);
+    }
     let t0 = Instant::now();
     let path = crate::models::resolve(&args.model)?;
     let name = short_name(&args.model);
