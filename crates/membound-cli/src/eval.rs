@@ -86,11 +86,6 @@ struct Output<'a> {
 
 pub fn run(args: Args) -> Result<()> {
     let mut opts = args.model.options()?;
-    if args.sparse.any() && args.model.device == DeviceKind::Gpu {
-        anyhow::bail!(
-            "sparse decoding on the GPU: see membound bench decode --sparsity (pass --device cpu for the CPU path)"
-        );
-    }
     let gpu = args.model.gpu()?;
     let ref_device = args.reference.unwrap_or(args.model.device);
     let ref_gpu = match (ref_device, &gpu) {
@@ -124,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         tokens.len()
     );
     let (mut engine, mut sparse) = if args.sparse.any() {
-        let (e, s) = args.sparse.build(&model, &opts)?;
+        let (e, s) = args.sparse.build(&model, &opts, gpu.clone())?;
         (e, Some(s))
     } else {
         (build_engine(&model, &opts, gpu, "preparing")?, None)
@@ -161,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     let bar = std::cell::OnceCell::new();
     let t0 = Instant::now();
     let under_test: &mut dyn Decoder = match sparse.as_mut() {
-        Some(s) => &mut s.model,
+        Some(s) => s.model.as_mut(),
         None => engine.decoder_mut(),
     };
     let report = evaluate(
@@ -227,10 +222,12 @@ pub fn run(args: Args) -> Result<()> {
         t.add_row([
             "activation sparsity".to_string(),
             format!(
-                "{:.1}% zeroed (target {:.0}%, {} thresholds: {})",
-                sp.achieved * 100.0,
+                "{} (target {:.0}%, {} thresholds on the {}: {})",
+                sp.achieved
+                    .map_or_else(|| "not counted on the GPU".to_string(), |a| format!("{:.1}% zeroed", a * 100.0)),
                 sp.target * 100.0,
                 sp.thresholds,
+                sp.device,
                 sp.source
             ),
         ]);

@@ -346,15 +346,10 @@ pub fn prompt_ids(
 pub fn run(args: Args) -> Result<()> {
     let opts = args.model.options()?;
     let mut sampler = args.sampling.sampler()?;
-    if args.sparse.any() && args.model.device == DeviceKind::Gpu {
-        bail!(
-            "sparse decoding on the GPU: see membound bench decode --sparsity (pass --device cpu for the CPU path)"
-        );
-    }
     let gpu = args.model.gpu()?;
     let model = args.model.load()?;
     let (mut engine, mut sparse) = if args.sparse.any() {
-        let (e, s) = args.sparse.build(&model, &opts)?;
+        let (e, s) = args.sparse.build(&model, &opts, gpu.clone())?;
         (e, Some(s))
     } else {
         (build_engine(&model, &opts, gpu, "preparing")?, None)
@@ -402,7 +397,7 @@ pub fn run(args: Args) -> Result<()> {
                     && ids.len() == 1
                     && tok.bos() == ids.first().copied(),
             };
-            membound::run::generate(&mut s.model, &tok, &ids, &mut sampler, &gopts, &mut on_text)?
+            membound::run::generate(s.model.as_mut(), &tok, &ids, &mut sampler, &gopts, &mut on_text)?
         }
     };
     if json {
@@ -429,8 +424,12 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(s) = &sparse {
             let i = s.info();
             eprintln!(
-                "sparsity: {:.1}% of projection inputs zeroed (target {:.0}%; {})",
-                i.achieved * 100.0,
+                "sparsity on the {}: {} (target {:.0}%; {})",
+                i.device,
+                i.achieved.map_or_else(
+                    || "zeroed share not counted on the GPU".to_string(),
+                    |a| format!("{:.1}% of projection inputs zeroed", a * 100.0)
+                ),
                 i.target * 100.0,
                 i.source
             );

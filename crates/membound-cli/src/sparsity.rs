@@ -1169,10 +1169,13 @@ fn print_prediction(p: &PredictionOut) {
 pub struct SparsityArgs {
     /// Zero projection inputs with |x| ≤ τ, τ per layer calibrated for this
     /// share (uniform quantiles of |x| over 128 tokens from the second half
-    /// of the shipped text), at --sparse-sites. CPU only.
+    /// of the shipped text), at --sparse-sites. On the GPU (down site only,
+    /// --weights f16 or affine:bits=4) the activation-sparse down kernels
+    /// skip those inputs' columns.
     #[arg(long, value_name = "S", conflicts_with = "thresholds")]
     pub sparsity: Option<f64>,
-    /// Thresholds from a sidecar of `membound sparsity --calibrate`. CPU only.
+    /// Thresholds from a sidecar of `membound sparsity --calibrate` (on the
+    /// GPU: layers.N.down keys only).
     #[arg(long, value_name = "FILE")]
     pub thresholds: Option<PathBuf>,
     /// Sites --sparsity thresholds: down (SiLU(gate)·up) or all.
@@ -1189,27 +1192,62 @@ pub struct SparseInfo {
     pub target: f64,
     /// Thresholds applied.
     pub thresholds: usize,
-    /// Share of inputs zeroed so far, weighted by the weights each site gates.
-    pub achieved: f64,
+    /// Share of inputs zeroed so far, weighted by the weights each site
+    /// gates (CPU; the GPU path does not count).
+    pub achieved: Option<f64>,
+    /// `cpu` (thresholding hook) or `gpu` (activation-sparse down kernels).
+    pub device: &'static str,
 }
 
-/// The CPU decoder with a thresholding hook, and its counters.
+/// The CPU hook's shared counters and which layer × sites it thresholds.
+type Counters = (Arc<Mutex<membound::sparsity::DropCounts>>, Vec<Vec<bool>>);
+
+/// A thresholded decoder (the CPU one with a hook, or the GPU one with
+/// activation-sparse down projections) and its counters.
 pub struct Sparse {
-    pub model: CpuLlama,
+    pub model: Box<dyn membound::model::Decoder>,
     pub info: SparseInfo,
-    counts: Arc<Mutex<membound::sparsity::DropCounts>>,
-    active: Vec<Vec<bool>>,
+    counts: Option<Counters>,
 }
 
 impl Sparse {
     /// Info with the achieved sparsity filled in.
     pub fn info(&self) -> SparseInfo {
         let mut i = self.info.clone();
-        if let Ok(c) = self.counts.lock() {
-            i.achieved = c.weighted_sparsity(self.model.config(), &self.active);
+        if let Some((c, active)) = &self.counts
+            && let Ok(c) = c.lock()
+        {
+            i.achieved = Some(c.weighted_sparsity(self.model.config(), active));
         }
         i
     }
+}
+
+/// The sparse down kernel's storage for the down projection's weight spec.
+fn gpu_sparse_dtype(spec: &str) -> Result<membound_gpu::SparseDType> {
+    let s = spec.trim().to_ascii_lowercase();
+    if s == "f16" {
+        return Ok(membound_gpu::SparseDType::F16);
+    }
+    if let Some(rest) = s.strip_prefix("affine:") {
+        let mut bits = None;
+        let mut group = None;
+        for kv in rest.split(',') {
+            match kv.split_once('=') {
+                Some(("bits", b)) => bits = b.parse::<u32>().ok(),
+                Some(("group", g)) => group = g.parse::<usize>().ok(),
+                _ => {}
+            }
+        }
+        if let (Some(4), Some(group)) = (bits, group)
+            && [32, 64, 128].contains(&group)
+        {
+            return Ok(membound_gpu::SparseDType::Affine4 { group });
+        }
+    }
+    bail!(
+        "sparse decoding on the GPU stores the down projection as f16 or affine:bits=4,group=32|64|128, not {spec:?} (see membound bench decode --sparsity, or pass --device cpu)"
+    )
 }
 
 impl SparsityArgs {
@@ -1224,20 +1262,26 @@ impl SparsityArgs {
         &self,
         model: &Model,
         opts: &membound::run::EngineOptions,
+        gpu: Option<Arc<membound_gpu::GpuContext>>,
     ) -> Result<(membound::run::Engine, Sparse)> {
-        if opts.device == membound::run::DeviceKind::Gpu {
-            bail!(
-                "sparse decoding on the GPU: see membound bench decode --sparsity (pass --device cpu for the CPU path)"
-            );
-        }
+        let on_gpu = opts.device == membound::run::DeviceKind::Gpu;
+        let sparse_dtype = if on_gpu {
+            if self.sparse_sites != SiteSet::Down && self.thresholds.is_none() {
+                bail!(
+                    "sparse decoding on the GPU thresholds the down projection only: pass --sparse-sites down (or --device cpu)"
+                );
+            }
+            Some(gpu_sparse_dtype(opts.plan.spec_for("layers.0.w_down"))?)
+        } else {
+            None
+        };
         let cfg = &model.config;
         let bar = LazyBar::new((cfg.n_layers * 4 + 1) as u64, "preparing");
         let prepared = prepare(cfg, &model.weights, &opts.plan, &|_, _| bar.step());
         bar.finish();
         let prepared = prepared?;
-        let engine = membound::run::Engine::from_prepared(model, &prepared, opts, None)?;
+        let engine = membound::run::Engine::from_prepared(model, &prepared, opts, gpu.clone())?;
         let mut cpu = CpuLlama::new(cfg.clone(), prepared.decoded_weights()?);
-        drop(prepared);
         let (thresholds, source, target) = match (&self.thresholds, self.sparsity) {
             (Some(p), _) => {
                 let f = ThresholdFile::load(p)?;
@@ -1287,21 +1331,56 @@ impl SparsityArgs {
             }
             (None, None) => bail!("no sparsity requested"),
         };
+        let info = SparseInfo {
+            source,
+            target,
+            thresholds: thresholds.len(),
+            achieved: None,
+            device: if on_gpu { "gpu" } else { "cpu" },
+        };
+        if let Some(dtype) = sparse_dtype {
+            // One τ per layer for the down projection; others are refused.
+            let mut taus = vec![0f32; cfg.n_layers];
+            for (k, &t) in &thresholds {
+                match membound::sparsity::parse_site_key(k) {
+                    Some((l, Site::Down)) if l < cfg.n_layers => taus[l] = t,
+                    _ => bail!(
+                        "threshold {k}: sparse decoding on the GPU thresholds layers.N.down only (pass --device cpu for other sites)"
+                    ),
+                }
+            }
+            let ctx = match gpu {
+                Some(c) => c,
+                None => crate::generate::open_gpu()?,
+            };
+            let mut g = membound::model::GpuLlama::new(
+                ctx,
+                &prepared,
+                membound::model::GpuLlamaOptions {
+                    sparse_down: Some(dtype),
+                    context: opts.context,
+                    ..Default::default()
+                },
+            )?;
+            g.set_down_thresholds(&taus)?;
+            return Ok((
+                engine,
+                Sparse {
+                    model: Box::new(g),
+                    info,
+                    counts: None,
+                },
+            ));
+        }
         let hook = membound::sparsity::ThresholdHook::new(cfg.n_layers, &thresholds)?;
         let (counts, active) = (hook.counts(), hook.active());
         cpu.set_hook(Some(Box::new(hook)));
         Ok((
             engine,
             Sparse {
-                model: cpu,
-                info: SparseInfo {
-                    source,
-                    target,
-                    thresholds: thresholds.len(),
-                    achieved: 0.0,
-                },
-                counts,
-                active,
+                model: Box::new(cpu),
+                info,
+                counts: Some((counts, active)),
             },
         ))
     }
