@@ -142,6 +142,14 @@ override KV_GROUP: u32 = 32u;
 // Per KV_GROUP values: (scale, minimum) as f16 (codes only; else a dummy).
 @group(0) @binding(7) var<storage, read_write> att_k_params: array<u32>;
 @group(0) @binding(8) var<storage, read_write> att_v_params: array<u32>;
+// With ATT_SPLITS > 1, per (KV head, split, head of the group): the
+// running max, the sum and the unnormalised output, HEAD_DIM + 2 values,
+// for attention_combine (a dummy otherwise).
+@group(0) @binding(9) var<storage, read_write> att_partials: array<f32>;
+
+// Workgroups sharing one KV head's positions (flash-decoding style): each
+// takes a contiguous range and attention_combine merges them.
+override ATT_SPLITS: u32 = 1u;
 
 // The group's rotated queries, pre-scaled by 1/√d.
 var<workgroup> att_qs: array<f32, ATT_MAX_Q>;
@@ -285,6 +293,7 @@ fn attention(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let kvh = wid.x;
+    let split = wid.y;
     let group = N_HEADS / N_KV_HEADS;
     let half = HEAD_DIM / 2u;
     let q_dim = N_HEADS * HEAD_DIM;
@@ -293,6 +302,13 @@ fn attention(
     let hd4 = HEAD_DIM / 4u;
     let pos = att_step.pos;
     let scale = inverseSqrt(f32(HEAD_DIM));
+    // This workgroup's positions r0..r1 (whole chunks, the last split
+    // shorter or empty); the one holding `pos` writes the new k and v.
+    let n = pos + 1u;
+    let span = ((n + ATT_SPLITS - 1u) / ATT_SPLITS + ATT_CHUNK - 1u) / ATT_CHUNK * ATT_CHUNK;
+    let r0 = split * span;
+    let r1 = min(n, r0 + span);
+    let owner = r0 <= pos && pos < r1;
 
     // Bias + RoPE + cache write for this KV head; the group's queries.
     for (var t = lid; t < (group + 1u) * half; t += ATT_WG) {
@@ -319,7 +335,7 @@ fn attention(
     workgroupBarrier();
     // Quantized caches: each group's scale and minimum (MLX's affine
     // convention), rounded to f16 as stored.
-    if (KV_BITS < 16u) {
+    if (owner && KV_BITS < 16u) {
         let groups = 2u * HEAD_DIM / KV_GROUP;
         if (lid < groups) {
             var lo = 3.0e38;
@@ -341,13 +357,14 @@ fn attention(
         }
         workgroupBarrier();
     }
-    for (var j = lid; j < 2u * HEAD_DIM * KV_BITS / 32u; j += ATT_WG) {
-        kv_store_word(j, pos, kvh);
+    if (owner) {
+        for (var j = lid; j < 2u * HEAD_DIM * KV_BITS / 32u; j += ATT_WG) {
+            kv_store_word(j, pos, kvh);
+        }
     }
     storageBarrier();
     workgroupBarrier();
 
-    let n = pos + 1u;
     // Score pass: position lid / slices, a 1/slices share of the head.
     var slices = 1u;
     if (hd4 % ATT_SLICES == 0u) {
@@ -365,8 +382,8 @@ fn attention(
     for (var g = 0u; g < ATT_MAX_GROUP; g++) {
         acc[g] = vec4<f32>(0.0);
     }
-    for (var c = 0u; c < n; c += ATT_CHUNK) {
-        let len = min(ATT_CHUNK, n - c);
+    for (var c = r0; c < r1; c += ATT_CHUNK) {
+        let len = min(ATT_CHUNK, r1 - c);
         if (st < len) {
             let kb = (c + st) * kv4 + kvh * hd4 + sl * per;
             var dots: array<f32, ATT_MAX_GROUP>;
@@ -444,9 +461,50 @@ fn attention(
             for (var k = 0u; k < lanes; k++) {
                 total += att_part[(k * hd4 + dd) * 4u + j];
             }
-            att_out[(kvh * group + g) * HEAD_DIM + lid] = total / att_l[g];
+            if (ATT_SPLITS == 1u) {
+                att_out[(kvh * group + g) * HEAD_DIM + lid] = total / att_l[g];
+            } else {
+                let base = ((kvh * ATT_SPLITS + split) * group + g) * (HEAD_DIM + 2u);
+                att_partials[base + 2u + lid] = total;
+                if (lid == 0u) {
+                    att_partials[base] = att_m[g];
+                    att_partials[base + 1u] = att_l[g];
+                }
+            }
         }
         workgroupBarrier();
+    }
+}
+
+@group(0) @binding(0) var<storage, read> comb_partials: array<f32>;
+@group(0) @binding(1) var<storage, read_write> comb_out: array<f32>;
+
+// Merges the splits of one KV head: out = Σ e^(m_s − M)·acc_s / Σ e^(m_s − M)·l_s
+// per query head of the group and output dimension.
+@compute @workgroup_size(256)
+fn attention_combine(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let kvh = wid.x;
+    let group = N_HEADS / N_KV_HEADS;
+    let stride = HEAD_DIM + 2u;
+    for (var t = lid; t < group * HEAD_DIM; t += ATT_WG) {
+        let g = t / HEAD_DIM;
+        let d = t % HEAD_DIM;
+        var big = -3.0e38;
+        for (var s = 0u; s < ATT_SPLITS; s++) {
+            big = max(big, comb_partials[((kvh * ATT_SPLITS + s) * group + g) * stride]);
+        }
+        var num = 0.0;
+        var den = 0.0;
+        for (var s = 0u; s < ATT_SPLITS; s++) {
+            let base = ((kvh * ATT_SPLITS + s) * group + g) * stride;
+            let w = exp(comb_partials[base] - big);
+            den += w * comb_partials[base + 1u];
+            num += w * comb_partials[base + 2u + d];
+        }
+        comb_out[(kvh * group + g) * HEAD_DIM + d] = num / den;
     }
 }
 

@@ -166,15 +166,17 @@ impl RefAttention {
 #[test]
 fn attention_matches_reference_over_many_positions() {
     let Some(ctx) = context(GpuFeatures::NONE) else { return };
-    // (heads, kv heads, head width, positions, half-split RoPE, bias)
+    // (heads, kv heads, head width, positions, half-split RoPE, bias, splits)
     let cases = [
-        (4, 1, 16, 600, false, true),
-        (6, 3, 8, 300, true, false),
-        (8, 8, 32, 40, false, false),
-        (2, 1, 128, 270, true, true),
+        (4, 1, 16, 600, false, true, 1),
+        (6, 3, 8, 300, true, false, 1),
+        (8, 8, 32, 40, false, false, 1),
+        (2, 1, 128, 270, true, true, 1),
+        (4, 2, 16, 600, false, true, 5),
+        (2, 1, 128, 300, true, false, 17),
     ];
     let mut rng = Rng::new(11);
-    for (n_heads, n_kv_heads, head_dim, positions, rope_half, with_bias) in cases {
+    for (n_heads, n_kv_heads, head_dim, positions, rope_half, with_bias, splits) in cases {
         let shape = AttentionShape {
             n_heads,
             n_kv_heads,
@@ -182,6 +184,7 @@ fn attention_matches_reference_over_many_positions() {
             context: positions,
             rope_half,
             kv: KvDType::F32,
+            splits,
         };
         let total = shape.q_dim() + 2 * shape.kv_dim();
         let theta = 10_000.0;
@@ -237,7 +240,9 @@ fn quantized_kv_cache_matches_its_reference() {
     let Some(ctx) = context(GpuFeatures::NONE) else { return };
     let mut rng = Rng::new(21);
     for kv in [KvDType::F16, KvDType::Q8, KvDType::Q4] {
-        for (n_heads, n_kv_heads, head_dim, positions) in [(4, 2, 64, 300), (8, 4, 8, 40)] {
+        for (n_heads, n_kv_heads, head_dim, positions, splits) in
+            [(4, 2, 64, 300, 1), (8, 4, 8, 40, 1), (4, 2, 64, 300, 3)]
+        {
             let shape = AttentionShape {
                 n_heads,
                 n_kv_heads,
@@ -245,6 +250,7 @@ fn quantized_kv_cache_matches_its_reference() {
                 context: positions,
                 rope_half: true,
                 kv,
+                splits,
             };
             let total = shape.q_dim() + 2 * shape.kv_dim();
             let rope = GpuVector::from_slice(&ctx, "rope", &shape.rope_table(10_000.0)).unwrap();
@@ -343,6 +349,7 @@ fn bad_shapes_are_errors() {
         context: 8,
         rope_half: false,
         kv: KvDType::F32,
+        splits: 1,
     };
     let e = KvCache::new(&ctx, 0, &shape).unwrap_err().to_string();
     assert!(e.contains("kv heads"), "{e}");

@@ -71,6 +71,8 @@ fn compare(
             submissions: 3,
             sparse_down: None,
             kv_cache: Default::default(),
+            // Split attention from position 8: both paths meet the CPU.
+            split_attention_from: 8,
         },
     )
     .unwrap();

@@ -120,6 +120,10 @@ pub struct AttentionShape {
     pub rope_half: bool,
     /// How the cache stores keys and values.
     pub kv: KvDType,
+    /// Workgroups sharing each KV head's positions (1: one workgroup per
+    /// KV head, output written directly; more: flash-decoding style
+    /// ranges merged by a second dispatch, for long contexts).
+    pub splits: usize,
 }
 
 impl AttentionShape {
@@ -175,6 +179,9 @@ impl AttentionShape {
         }
         if self.context == 0 {
             return bad("a context of 0 positions".into());
+        }
+        if self.splits == 0 || self.splits > 256 {
+            return bad(format!("{} splits: take 1 to 256", self.splits));
         }
         Ok(())
     }
@@ -421,6 +428,7 @@ pub fn attention(
             ("HAS_BIAS", if bias.is_some() { 1.0 } else { 0.0 }),
             ("KV_BITS", f64::from(shape.kv.bits())),
             ("KV_GROUP", shape.kv_group() as f64),
+            ("ATT_SPLITS", shape.splits as f64),
         ],
         &[
             Binding::Uniform,
@@ -432,10 +440,24 @@ pub fn attention(
             Binding::StorageReadWrite,
             Binding::StorageReadWrite,
             Binding::StorageReadWrite,
+            Binding::StorageReadWrite,
         ],
     )?;
-    let grid = [u32_of(what, shape.n_kv_heads)? as u32, 1, 1];
-    one(
+    let kv_heads = u32_of(what, shape.n_kv_heads)? as u32;
+    let grid = [kv_heads, shape.splits as u32, 1];
+    let group = shape.n_heads / shape.n_kv_heads;
+    let partial_bytes = if shape.splits > 1 {
+        (shape.n_kv_heads * shape.splits * group * (shape.head_dim + 2) * 4) as u64
+    } else {
+        4
+    };
+    let partials = GpuBuffer::new(
+        ctx,
+        "attention partial results",
+        partial_bytes,
+        wgpu::BufferUsages::STORAGE,
+    )?;
+    let mut d = one(
         ctx,
         p,
         &[
@@ -448,9 +470,25 @@ pub fn attention(
             out.buffer(),
             &cache.k_params,
             &cache.v_params,
+            &partials,
         ],
         grid,
-    )
+    )?;
+    if shape.splits > 1 {
+        let combine = pipeline(
+            ctx,
+            "attention_combine",
+            &[
+                ("N_HEADS", u32_of(what, shape.n_heads)?),
+                ("N_KV_HEADS", f64::from(kv_heads)),
+                ("HEAD_DIM", u32_of(what, shape.head_dim)?),
+                ("ATT_SPLITS", shape.splits as f64),
+            ],
+            &[Binding::Storage, Binding::StorageReadWrite],
+        )?;
+        d.extend(one(ctx, combine, &[&partials, out.buffer()], [kv_heads, 1, 1])?);
+    }
+    Ok(d)
 }
 
 /// `out[i] = silu(gate_up[i]) · gate_up[hidden + i]` for `i < out.len()`.

@@ -239,6 +239,7 @@ pub fn run(
             submissions: cfg.submissions,
             sparse_down: sparse.map(|(_, d)| d),
             kv_cache: cfg.kv_cache,
+            ..Default::default()
         };
         let label = match sparse {
             None => format!("{spec} weights"),

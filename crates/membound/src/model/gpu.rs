@@ -490,6 +490,10 @@ impl GpuMatrix {
     }
 }
 
+/// Positions from which attention splits each KV head's range over
+/// several workgroups (when the cache holds more than this).
+pub const LONG_CONTEXT: usize = 512;
+
 /// Options of the GPU decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GpuLlamaOptions {
@@ -502,6 +506,9 @@ pub struct GpuLlamaOptions {
     /// How the KV cache stores keys and values (f32 by default; f16, or
     /// 8/4-bit codes with a scale and minimum per 32 values of a head).
     pub kv_cache: KvDType,
+    /// Position from which attention splits each KV head's positions over
+    /// several workgroups ([`LONG_CONTEXT`] by default).
+    pub split_attention_from: usize,
     /// Positions the KV cache holds; `None`: the model's context, at most
     /// 4096.
     pub context: Option<usize>,
@@ -515,6 +522,7 @@ impl Default for GpuLlamaOptions {
         Self {
             sparse_down: None,
             kv_cache: KvDType::F32,
+            split_attention_from: LONG_CONTEXT,
             context: None,
             submissions: 1,
         }
@@ -580,6 +588,12 @@ pub struct GpuLlama {
     _matrices: Vec<GpuMatrix>,
     /// Sparse down projections and their thresholds, by layer.
     sparse: Vec<(SparseGemv, Threshold)>,
+    /// Split attention for positions from `split_from` on: (index in
+    /// `calls` it replaces, dispatch).
+    long_attention: Vec<(usize, Dispatch)>,
+    split_from: usize,
+    /// Position of the step being run.
+    pos: usize,
     caches: Vec<KvCache>,
     weight_bytes: u64,
     /// Kept alive for the recorded bind groups.
@@ -783,7 +797,14 @@ impl GpuLlama {
             context,
             rope_half: cfg.rope == RopeLayout::HalfSplit,
             kv: opts.kv_cache,
+            splits: 1,
         };
+        // Past LONG_CONTEXT positions, attention splits each KV head's
+        // positions over enough workgroups to fill the GPU.
+        let long_shape = (context > opts.split_attention_from).then(|| AttentionShape {
+            splits: (context.div_ceil(256)).clamp(2, 32),
+            ..shape
+        });
         let (d, h, kv) = (cfg.dim, cfg.hidden_dim, cfg.kv_dim());
         let vec = |name: &str, n: usize| GpuVector::zeros(c, name, n);
         let x = vec("residual", d)?;
@@ -810,6 +831,7 @@ impl GpuLlama {
         let mut buffers = Vec::new();
         let mut sparse = Vec::new();
         let mut sparse_bytes = 0;
+        let mut long_attention = Vec::new();
         for (i, l) in layers.into_iter().enumerate() {
             let cache = KvCache::new(c, i, &shape)?;
             let norm_in = if i == 0 {
@@ -823,6 +845,10 @@ impl GpuLlama {
                 OpKind::Attention,
                 ops::attention(c, &shape, &step, &qkv, l.bias.as_ref(), &rope, &cache, &att)?,
             ));
+            if let Some(ls) = &long_shape {
+                let d = ops::attention(c, ls, &step, &qkv, l.bias.as_ref(), &rope, &cache, &att)?;
+                long_attention.push((calls.len() - 1, d));
+            }
             calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
             calls.push((
                 OpKind::Elementwise,
@@ -875,6 +901,9 @@ impl GpuLlama {
             argmax,
             _matrices: matrices,
             sparse,
+            long_attention,
+            split_from: opts.split_attention_from,
+            pos: 0,
             caches,
             weight_bytes,
             _buffers: buffers,
@@ -998,6 +1027,7 @@ impl GpuLlama {
             )));
         }
         self.step.write(&self.ctx, pos as u32, token);
+        self.pos = pos;
         let d = self.cfg.dim;
         match &self.embed {
             Embedding::Table(t) => {
@@ -1021,8 +1051,20 @@ impl GpuLlama {
         Ok(())
     }
 
+    /// The dispatches of the current step with their kinds: split
+    /// attention from `split_from` on.
+    fn step_calls(&self) -> Vec<(OpKind, &Dispatch)> {
+        let mut v: Vec<(OpKind, &Dispatch)> = self.calls.iter().map(|(k, d)| (*k, d)).collect();
+        if self.pos >= self.split_from {
+            for (i, d) in &self.long_attention {
+                v[*i].1 = d;
+            }
+        }
+        v
+    }
+
     fn token_calls(&self, with_argmax: bool) -> Vec<&Dispatch> {
-        let mut v: Vec<&Dispatch> = self.calls.iter().map(|(_, d)| d).collect();
+        let mut v: Vec<&Dispatch> = self.step_calls().into_iter().map(|(_, d)| d).collect();
         if with_argmax {
             v.push(&self.argmax);
         }
@@ -1050,9 +1092,8 @@ impl GpuLlama {
         let pass = timestamps.then(|| pass.median());
         let mut kernels: Vec<(OpKind, Duration)> = Vec::new();
         let all = self
-            .calls
-            .iter()
-            .map(|(k, d)| (*k, d))
+            .step_calls()
+            .into_iter()
             .chain([(OpKind::Elementwise, &self.argmax)]);
         for (kind, d) in all {
             let t = self.ctx.time_repeated(reps, |p| d.record(p))?.median();
