@@ -349,6 +349,12 @@ fn scale_rows(m: &mut [f32], cols: usize, f: impl Fn(usize) -> f32) {
     }
 }
 
+/// Encodings of one layer by role suffix.
+type LayerEncodings = Vec<(&'static str, Encoded)>;
+
+/// What [`quantize_layer`] returns: encodings and AWQ's α per site.
+type LayerOut = (LayerEncodings, [f64; 4]);
+
 /// Quantizes one layer in place with `codec`; returns the encodings by role
 /// suffix and AWQ's α per site.
 fn quantize_layer(
@@ -357,7 +363,7 @@ fn quantize_layer(
     stats: &[SiteStats; 4],
     codec: &AffineCodec,
     opts: &CalibOptions,
-) -> Result<(Vec<(&'static str, Encoded)>, [f64; 4])> {
+) -> Result<LayerOut> {
     let d = cfg.dim;
     let h = cfg.hidden_dim;
     let cols = |role: &str| if role == "w_down" { h } else { d };
@@ -607,7 +613,7 @@ pub fn calibrate(
         } else {
             record(cfg, w, tokens, opts, 0..nl, &|d, t| progress("recording", d, t))?
         };
-        let mut cands: Vec<Vec<(LayerWeights, Vec<(&'static str, Encoded)>, [f64; 4])>> =
+        let mut cands: Vec<Vec<(LayerWeights, LayerEncodings, [f64; 4])>> =
             Vec::with_capacity(nl);
         for (l, st) in stats.iter().enumerate() {
             let mut per = Vec::new();

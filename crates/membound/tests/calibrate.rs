@@ -233,3 +233,90 @@ fn bad_calibration_input_is_a_clear_error() {
     let e = calibrate::calibrate(&cfg, &wn, &[1, 2, 3], &opts, &|_, _, _| {}).unwrap_err();
     assert!(e.to_string().contains("NaN"), "{e}");
 }
+
+/// Diagnostic (run by hand, `--ignored`): per-layer output error of GPTQ vs
+/// RTN on SmolLM2, under the calibration Hessian and a held-out (evaluation
+/// text) Hessian.
+#[test]
+#[ignore]
+fn smollm2_layer_errors_held_out() {
+    use membound_codec::hessian_error;
+    let Some(path) = registry::SMOLLM2.locate() else {
+        return missing("smollm2");
+    };
+    let (cfg, w) = load_llama(&path).unwrap();
+    let tok = membound::run::tokenizer_for(&path).unwrap();
+    let n = 384;
+    let calib = calibrate::calibration_tokens(&tok, CALIB_TEXT, n).unwrap();
+    let held = calibrate::calibration_tokens(&tok, membound::eval::EVAL_TEXT, n).unwrap();
+    let layers = [0usize, 1, 15, 29];
+    struct Rec(Arc<Mutex<Vec<Hessian>>>, Vec<usize>);
+    impl ActivationHook for Rec {
+        fn on_input(&mut self, layer: usize, site: Site, x: &mut [f32]) {
+            if let Some(i) = self.1.iter().position(|&l| l == layer) {
+                let s = match site {
+                    Site::Qkv => 0,
+                    Site::O => 1,
+                    Site::GateUp => 2,
+                    Site::Down => 3,
+                };
+                self.0.lock().unwrap()[i * 4 + s].add_batch(x).unwrap();
+            }
+        }
+    }
+    let run = |tokens: &[u32]| {
+        let hs: Vec<Hessian> = layers
+            .iter()
+            .flat_map(|_| {
+                [cfg.dim, cfg.dim, cfg.dim, cfg.hidden_dim]
+                    .into_iter()
+                    .map(Hessian::new)
+            })
+            .collect();
+        let st = Arc::new(Mutex::new(hs));
+        let mut c2 = cfg.clone();
+        c2.max_seq_len = 256;
+        let mut m = CpuLlama::new(c2, w.clone());
+        m.set_hook(Some(Box::new(Rec(Arc::clone(&st), layers.to_vec()))));
+        for ch in tokens.chunks(256) {
+            for (p, &t) in ch.iter().enumerate() {
+                m.forward(t, p).unwrap();
+            }
+        }
+        drop(m);
+        let v = std::mem::take(&mut *st.lock().unwrap());
+        v.into_iter().map(|h| h.finish().unwrap()).collect::<Vec<_>>()
+    };
+    let hc = run(&calib);
+    let he = run(&held);
+    let codec = AffineCodec::new(3, Group::Size(64), ScaleDType::F16).unwrap();
+    for (i, &l) in layers.iter().enumerate() {
+        let lw = &w.layers[l];
+        for (name, m, s, cols) in [
+            ("wq", &lw.wq, 0, cfg.dim),
+            ("wv", &lw.wv, 0, cfg.dim),
+            ("wo", &lw.wo, 1, cfg.dim),
+            ("w_up", &lw.w_up, 2, cfg.dim),
+            ("w_down", &lw.w_down, 3, cfg.hidden_dim),
+        ] {
+            let mm = Matrix::new(m.len() / cols, cols, m).unwrap();
+            let r = codec.decode(&codec.encode(mm).unwrap()).unwrap();
+            let h = &hc[i * 4 + s];
+            let diag: Vec<f64> = (0..cols).map(|j| h[j * cols + j]).collect();
+            let mx = diag.iter().cloned().fold(0.0, f64::max);
+            let mean = diag.iter().sum::<f64>() / cols as f64;
+            let mut line = format!("layer {l} {name}: diag max/mean {:.0}", mx / mean);
+            for damp in [0.01, 0.1, 1.0] {
+                let g = membound_codec::decode(
+                    &gptq(&codec, mm, h, &GptqOptions { damp, ..Default::default() }).unwrap(),
+                )
+                .unwrap();
+                let ec = hessian_error(m, &g, h, cols).unwrap() / hessian_error(m, &r, h, cols).unwrap();
+                let ee = hessian_error(m, &g, &he[i * 4 + s], cols).unwrap()
+                    / hessian_error(m, &r, &he[i * 4 + s], cols).unwrap();
+                line += &format!(" | damp {damp}: calib {ec:.3} held-out {ee:.3}");
+            }
+            eprintln!("{line}");
+        }
+    }
+}
