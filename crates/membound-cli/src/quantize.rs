@@ -45,6 +45,9 @@ use crate::progress::LazyBar;
 /// and scale type) so the average code bits per block weight is at most B,
 /// guided by each layer's measured KL divergence when quantized alone.
 /// The embedding and classifier stay f32 unless --head names a codec.
+/// GPTQ overfits when a matrix has more inputs than there are calibration
+/// tokens (SmolLM2's 1,536-wide down projection): there, use the whole text
+/// (--calib-tokens 4096), --damp 0.1 and --act-order (docs/quantization.md).
 /// The file's layout is the plain one above, so `membound eval --model`,
 /// `generate` and the GPU affine kernels run it unchanged.
 ///
