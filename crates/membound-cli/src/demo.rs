@@ -292,6 +292,7 @@ pub fn run(args: Args) -> Result<()> {
         device: args.device,
         plan: plan.clone(),
         context: Some(context),
+        ..Default::default()
     };
     let mut dense = Engine::from_prepared(&model, &dense_prep, &opts(&dense_plan), gpu.clone())?;
     let mut quant = Engine::from_prepared(&model, &quant_prep, &opts(&quant_plan), gpu.clone())?;

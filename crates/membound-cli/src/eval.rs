@@ -135,6 +135,7 @@ pub fn run(args: Args) -> Result<()> {
                 device: DeviceKind::Gpu,
                 plan: WeightPlan::uniform("f32"),
                 context: opts.context,
+                kv_cache: membound_gpu::KvDType::F32,
             };
             let e = build_engine(&model, &ref_opts, Some(ctx), "reference")?;
             (

@@ -43,6 +43,14 @@ pub struct ModelArgs {
     /// KV cache positions [default: the model's context, at most 4096 on the GPU].
     #[arg(long, value_name = "N")]
     pub context: Option<usize>,
+    /// KV-cache storage on the GPU: f32, f16, q8 or q4 (8/4-bit codes with
+    /// an f16 scale and minimum per 32 values of a head).
+    #[arg(long, default_value = "f32", value_name = "TYPE", value_parser = parse_kv)]
+    pub kv_cache: membound_gpu::KvDType,
+}
+
+fn parse_kv(s: &str) -> Result<membound_gpu::KvDType, String> {
+    membound_gpu::KvDType::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_device(s: &str) -> Result<DeviceKind, String> {
@@ -77,10 +85,16 @@ impl ModelArgs {
 
     /// Engine options of these arguments.
     pub fn options(&self) -> Result<EngineOptions> {
+        anyhow::ensure!(
+            self.device == DeviceKind::Gpu || self.kv_cache == membound_gpu::KvDType::F32,
+            "--kv-cache {} runs on the GPU; the CPU reference keeps an f32 cache",
+            self.kv_cache.name()
+        );
         Ok(EngineOptions {
             device: self.device,
             plan: self.plan()?,
             context: self.context,
+            kv_cache: self.kv_cache,
         })
     }
 }

@@ -1359,6 +1359,7 @@ impl SparsityArgs {
                 membound::model::GpuLlamaOptions {
                     sparse_down: Some(dtype),
                     context: opts.context,
+                    kv_cache: opts.kv_cache,
                     ..Default::default()
                 },
             )?;

@@ -155,15 +155,19 @@ pub struct EngineOptions {
     /// Positions the KV cache holds; `None`: the model's context, at most
     /// 4096 on the GPU.
     pub context: Option<usize>,
+    /// How the GPU's KV cache stores keys and values (the CPU reference
+    /// keeps f32).
+    pub kv_cache: membound_gpu::KvDType,
 }
 
 impl Default for EngineOptions {
-    /// GPU, f16 weights, the default context.
+    /// GPU, f16 weights, the default context, f32 KV cache.
     fn default() -> Self {
         Self {
             device: DeviceKind::Gpu,
             plan: WeightPlan::uniform("f16"),
             context: None,
+            kv_cache: membound_gpu::KvDType::F32,
         }
     }
 }
@@ -416,6 +420,7 @@ impl Engine {
                     prepared,
                     GpuLlamaOptions {
                         context: opts.context,
+                        kv_cache: opts.kv_cache,
                         ..Default::default()
                     },
                 )?;

@@ -47,6 +47,7 @@ fn opts(device: DeviceKind, spec: &str) -> EngineOptions {
         device,
         plan: WeightPlan::uniform(spec),
         context: None,
+        ..Default::default()
     }
 }
 
