@@ -343,3 +343,29 @@ fn quantized_kv_cache_decodes_close_to_f32() {
         }
     }
 }
+
+/// A KV cache larger than the device allows is a clear error naming the
+/// cache and the limit, not a panic or a device loss.
+#[test]
+fn kv_cache_over_device_limits_is_an_error() {
+    let Some(ctx) = gpu() else { return };
+    let mut cfg = membound::model::gpu::synthetic_config("llama-1b").unwrap();
+    cfg.dim = 256;
+    cfg.hidden_dim = 512;
+    cfg.n_layers = 1;
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 4;
+    cfg.vocab_size = 100;
+    // One layer's keys alone exceed the largest binding.
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    let context = (limit / (cfg.kv_dim() as u64 * 4) + 1) as usize;
+    cfg.max_seq_len = context;
+    let opts = GpuLlamaOptions {
+        context: Some(context),
+        ..Default::default()
+    };
+    let e = GpuLlama::synthetic(Arc::clone(&ctx), &cfg, "f16", 1, opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("key cache") && e.contains("max_storage_buffer_binding_size"), "{e}");
+}
