@@ -76,6 +76,11 @@ struct DecodeArgs {
     /// research notes' model 1/(1 − s + overhead).
     #[arg(long)]
     sparsity: Option<f32>,
+    /// Like --sparsity, with the down-projection thresholds of a sidecar
+    /// written by `membound sparsity MODEL --calibrate S -o FILE` (real
+    /// models only).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["sparsity", "synthetic"])]
+    thresholds: Option<PathBuf>,
     /// KV-cache storage: f32, f16, q8 or q4 (8/4-bit codes with an f16
     /// scale and minimum per 32 values of a head).
     #[arg(long, default_value = "f32")]
@@ -283,7 +288,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         "adapter: {} ({:?}, {} {})",
         info.name, info.backend, info.driver, info.driver_info
     );
-    let cfg = decode::Config {
+    let mut cfg = decode::Config {
         tokens: a.tokens,
         warm_up_tokens: a.warm_up,
         start_pos: a.start_pos,
@@ -293,6 +298,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         submissions: a.submissions,
         sparsity: a.sparsity,
         kv_cache: membound_gpu::KvDType::parse(&a.kv_cache)?,
+        down_thresholds: None,
     };
     let loaded;
     let subject = match (&a.synthetic, &a.model) {
@@ -301,6 +307,19 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
             let path = crate::models::resolve(model.as_deref().unwrap_or("smollm2"))?;
             loaded = load_llama(&path)?;
             let (mcfg, w) = &loaded;
+            if let Some(file) = &a.thresholds {
+                let t = membound::sparsity::ThresholdFile::load(file)?;
+                let taus: Vec<f32> = (0..mcfg.n_layers)
+                    .map(|i| t.thresholds.get(&format!("layers.{i}.down")).copied().unwrap_or(0.0))
+                    .collect();
+                anyhow::ensure!(
+                    t.thresholds.keys().any(|k| k.ends_with(".down")),
+                    "{}: no down-projection thresholds (keys layers.N.down); the GPU sparsifies the down projection",
+                    file.display()
+                );
+                cfg.sparsity = Some(t.target as f32);
+                cfg.down_thresholds = Some(taus);
+            }
             let c = std::sync::Arc::clone(&ctx);
             Subject::Model {
                 name: path.display().to_string(),

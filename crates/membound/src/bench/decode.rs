@@ -41,6 +41,10 @@ pub struct Config {
     pub sparsity: Option<f32>,
     /// How the KV cache stores keys and values.
     pub kv_cache: KvDType,
+    /// Sparse cases take these per-layer down-projection thresholds (from
+    /// a calibration sidecar) instead of calibrating to `sparsity`; the
+    /// sidecar's target is `sparsity`.
+    pub down_thresholds: Option<Vec<f32>>,
 }
 
 impl Default for Config {
@@ -55,6 +59,7 @@ impl Default for Config {
             submissions: 1,
             sparsity: None,
             kv_cache: KvDType::F32,
+            down_thresholds: None,
         }
     }
 }
@@ -254,8 +259,13 @@ pub fn run(
         };
         ctx.wait()?;
         if let Some((target, _)) = sparse {
-            progress("calibrating down-projection thresholds");
-            m.calibrate_down(*target, 1, 0)?;
+            match &cfg.down_thresholds {
+                Some(taus) => m.set_down_thresholds(taus)?,
+                None => {
+                    progress("calibrating down-projection thresholds");
+                    m.calibrate_down(*target, 1, 0)?;
+                }
+            }
         }
         progress(&format!("decoding {} tokens", needed - 1));
         let mut tok = 1u32;
