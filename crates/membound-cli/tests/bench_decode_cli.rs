@@ -1,0 +1,107 @@
+//! `membound bench decode` through the built binary on whatever adapter
+//! exists (llvmpipe in CI): the report's fields and their arithmetic, the
+//! sparse and KV-cache cases, and clear errors. Speeds on a software
+//! adapter mean nothing; the shape of the report is what is tested.
+
+use std::process::Command;
+
+use membound_tensor::registry;
+use serde_json::Value;
+
+fn membound(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_membound"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn skip_gpu(stderr: &str) -> bool {
+    let no_adapter = stderr.contains("no GPU adapter") || stderr.contains("No adapter");
+    if no_adapter && std::env::var("MEMBOUND_SKIP_GPU").as_deref() == Ok("1") {
+        println!("SKIPPED (MEMBOUND_SKIP_GPU=1): {stderr}");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn decode_report_on_a_real_model_with_sparse_and_quantized_cache() {
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        assert!(
+            std::env::var("MEMBOUND_REQUIRE_MODELS").as_deref() != Ok("1"),
+            "llama2xs-280K missing"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("decode.json");
+    let (code, _, err) = membound(&[
+        "bench",
+        "decode",
+        "--model",
+        path.to_str().unwrap(),
+        "--weights",
+        "f16",
+        "--weights",
+        "affine:bits=4,group=32",
+        "--sparsity",
+        "0.5",
+        "--kv-cache",
+        "q8",
+        "--tokens",
+        "3",
+        "--warm-up",
+        "1",
+        "--profile-reps",
+        "1",
+        "--peak-gbps",
+        "100",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    if skip_gpu(&err) {
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "dense and sparse for each of two specs");
+    for (i, r) in rows.iter().enumerate() {
+        let tps = r["tokens_per_s"].as_f64().unwrap();
+        let ms = r["ms_per_token"].as_f64().unwrap();
+        assert!((tps * ms - 1000.0).abs() < 1e-6 * tps * ms);
+        let bytes = r["weight_bytes"].as_f64().unwrap();
+        assert!((r["effective_gbps"].as_f64().unwrap() - bytes * tps / 1e9).abs() < 1e-9);
+        let roofline = r["roofline_tokens_per_s"].as_f64().unwrap();
+        assert!((roofline - 100e9 / bytes).abs() < 1e-6 * roofline);
+        assert_eq!(r["kv_cache"], "q8");
+        let sparse = i % 2 == 1;
+        assert_eq!(r["sparsity"].is_null(), !sparse);
+        if sparse {
+            let got = r["achieved_sparsity"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&got));
+            assert!(r["speedup_vs_dense"].as_f64().unwrap() > 0.0);
+        }
+        assert!(r["split"]["dispatches"].as_u64().unwrap() > 0);
+    }
+    // 4-bit stores fewer bytes than f16.
+    assert!(rows[2]["weight_bytes"].as_u64() < rows[0]["weight_bytes"].as_u64());
+}
+
+#[test]
+fn bad_decode_requests_are_clear_errors() {
+    let (code, _, err) = membound(&["bench", "decode", "--synthetic", "llama-70b"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("llama-70b") || skip_gpu(&err), "{err}");
+    let (code, _, err) = membound(&["bench", "decode", "--synthetic", "llama-1b", "--weights", "svd:rank=4"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no GPU kernel"), "{err}");
+    let (code, _, err) = membound(&["bench", "decode", "--kv-cache", "q3", "--synthetic", "llama-1b"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("q3") || skip_gpu(&err), "{err}");
+}
