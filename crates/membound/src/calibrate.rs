@@ -504,14 +504,10 @@ fn quantize_layer(
                 let c = cols(role);
                 let scaled = scale_columns(Matrix::new(m.len() / c, c, m)?, s);
                 let e = codec.encode(Matrix::new(m.len() / c, c, &scaled)?)?;
-                // The f32 weights the model now computes with: Q(W·s)/s
-                // times the rescaled input equals Q(W·s) times the input
-                // scaled down by the folded 1/s.
-                let dq = codec.decode(&e)?;
-                *m = dq
-                    .chunks(c)
-                    .flat_map(|row| row.iter().zip(s).map(|(q, s)| q / s))
-                    .collect();
+                // The model now computes Q(W·s) times the input scaled down
+                // by the folded 1/s: its f32 weights are the decoding, as in
+                // the written file.
+                *m = codec.decode(&e)?;
                 out.push((role, e));
             }
         }

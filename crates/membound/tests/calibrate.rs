@@ -184,6 +184,26 @@ fn awq_and_mixed_precision_write_plain_layouts() {
     // check finite logits and a sane distance from the dense model.
     let mut m = CpuLlama::new(cfg.clone(), c.weights.clone());
     assert!(m.forward(1, 0).unwrap().iter().all(|v| v.is_finite()));
+    // The folding is exact up to rounding: at 8 bits the folded model's
+    // logits stay close to the dense model's.
+    let awq8 = CalibOptions {
+        codec: AffineCodec::new(8, Group::Size(32), ScaleDType::F32).unwrap(),
+        ..awq.clone()
+    };
+    let c8 = calibrate::calibrate(&cfg, &w, &tokens, &awq8, &|_, _, _| {}).unwrap();
+    assert!(c8.awq_alpha.iter().flatten().any(|a| *a > 0.0), "{:?}", c8.awq_alpha);
+    let (mut q8, mut dense) = (
+        CpuLlama::new(cfg.clone(), c8.weights.clone()),
+        CpuLlama::new(cfg.clone(), w.clone()),
+    );
+    let mut tok = 1;
+    for pos in 0..8 {
+        let (a, b) = (q8.forward(tok, pos).unwrap(), dense.forward(tok, pos).unwrap());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+        assert!(err < 0.03, "position {pos}: AWQ 8-bit relative logit error {err}");
+        tok = membound::model::argmax(&b);
+    }
 
     let mixed = CalibOptions {
         method: Method::Gptq,
