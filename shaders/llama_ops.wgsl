@@ -131,7 +131,7 @@ const ATT_CHUNK: u32 = ATT_WG / ATT_SLICES;
 // Bits per cached value: 32 (f32), 16 (f16), 8 or 4 (affine codes, a scale
 // and minimum per KV_GROUP values of a head, as an f16 pair).
 override KV_BITS: u32 = 32u;
-override KV_GROUP: u32 = 32u;
+override KV_GROUP: u32 = 8u;
 
 // Context × KV width, position-major: the values' bits packed into u32
 // words (one f32, two f16, four 8-bit or eight 4-bit codes a word), read
@@ -347,7 +347,7 @@ fn attention(
             }
             let packed = pack2x16float(vec2<f32>((hi - lo) / f32((1u << (KV_BITS % 32u)) - 1u), lo));
             att_gp[lid] = unpack2x16float(packed);
-            let per_head = HEAD_DIM / KV_GROUP;
+            let per_head = max(HEAD_DIM / KV_GROUP, 1u);
             let at = (pos * kv_dim + kvh * HEAD_DIM) / KV_GROUP + lid % per_head;
             if (lid < per_head) {
                 att_k_params[at] = packed;

@@ -79,7 +79,7 @@ fn every_shader_validates_and_translates() {
                     Some((ep.stage, &ep.name)),
                     &constants,
                 )
-                .unwrap_or_else(|e| panic!("{what}: overrides: {e}"));
+                .unwrap_or_else(|e| panic!("{what}: overrides: {e:?}"));
                 translate(&what, &resolved, &resolved_info, ep);
             }
         }
