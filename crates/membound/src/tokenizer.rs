@@ -411,6 +411,9 @@ impl Tokenizer {
             Format::Safetensors => {
                 let json = dir.join("tokenizer.json");
                 if !json.is_file() {
+                    if let Some(t) = Self::of_quantize_source(&dir, src) {
+                        return Ok(t);
+                    }
                     return Err(model_err(
                         model_path,
                         format!(
@@ -422,6 +425,48 @@ impl Tokenizer {
                 Self::from_json(&json)
             }
         }
+    }
+
+    /// For a `membound quantize` output (safetensors whose metadata names
+    /// its source file): the tokenizer of that source, found beside the
+    /// file or among the registry's models (SmolLM2, the llama2.c
+    /// fixtures, matched by file name or vocabulary size).
+    fn of_quantize_source(dir: &Path, src: &dyn TensorSource) -> Option<Self> {
+        use membound_tensor::registry;
+        let meta = src.metadata();
+        let get = |k: &str| {
+            meta.iter()
+                .find(|(key, _)| key == k)
+                .and_then(|(_, v)| v.as_str().map(str::to_owned))
+        };
+        let name = get("membound.source_file")?;
+        let format = get("membound.source_format").unwrap_or_default();
+        let mut sources = vec![dir.join(&name)];
+        if let Some(p) = registry::SMOLLM2.locate() {
+            if p.file_name().is_some_and(|n| n.to_string_lossy() == name) {
+                sources.push(p);
+            }
+        }
+        for (fixture, _, _) in registry::FIXTURES {
+            if let Some((model, _)) = registry::fixture(fixture) {
+                sources.push(model);
+            }
+        }
+        let vocab = get("vocab_size").and_then(|v| v.trim().parse::<usize>().ok());
+        for path in sources.into_iter().filter(|p| p.is_file()) {
+            let Ok(source) = membound_tensor::open(&path) else {
+                continue;
+            };
+            if source.format().to_string() != format {
+                continue;
+            }
+            if let Ok(t) = Self::for_model(&path, source.as_ref()) {
+                if vocab.is_none_or(|v| v == t.vocab_size()) {
+                    return Some(t);
+                }
+            }
+        }
+        None
     }
 
     /// Token ids of `text`; with `add_bos`, BOS first if the tokenizer has
