@@ -310,7 +310,12 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
             if let Some(file) = &a.thresholds {
                 let t = membound::sparsity::ThresholdFile::load(file)?;
                 let taus: Vec<f32> = (0..mcfg.n_layers)
-                    .map(|i| t.thresholds.get(&format!("layers.{i}.down")).copied().unwrap_or(0.0))
+                    .map(|i| {
+                        t.thresholds
+                            .get(&format!("layers.{i}.down"))
+                            .copied()
+                            .unwrap_or(0.0)
+                    })
                     .collect();
                 anyhow::ensure!(
                     t.thresholds.keys().any(|k| k.ends_with(".down")),
@@ -404,11 +409,16 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         println!(
             "{} dispatches per token; GPU pass {}",
             s.dispatches,
-            s.pass_us
-                .map_or_else(|| "not timed (no timestamps)".into(), |p| format!("{p:.0} µs"))
+            s.pass_us.map_or_else(
+                || "not timed (no timestamps)".into(),
+                |p| format!("{p:.0} µs")
+            )
         );
     }
-    match (report.rows.first().and_then(|r| r.peak_gbps), &report.peak_source) {
+    match (
+        report.rows.first().and_then(|r| r.peak_gbps),
+        &report.peak_source,
+    ) {
         (Some(p), Some(src)) => println!("peak: {p} GB/s ({src})"),
         _ => println!("peak: unknown for this adapter (pass --peak-gbps)"),
     }

@@ -224,8 +224,10 @@ pub fn run(args: Args) -> Result<()> {
             "activation sparsity".to_string(),
             format!(
                 "{} (target {:.0}%, {} thresholds on the {}: {})",
-                sp.achieved
-                    .map_or_else(|| "not counted on the GPU".to_string(), |a| format!("{:.1}% zeroed", a * 100.0)),
+                sp.achieved.map_or_else(
+                    || "not counted on the GPU".to_string(),
+                    |a| format!("{:.1}% zeroed", a * 100.0)
+                ),
                 sp.target * 100.0,
                 sp.thresholds,
                 sp.device,

@@ -411,7 +411,14 @@ pub fn run(args: Args) -> Result<()> {
                     && ids.len() == 1
                     && tok.bos() == ids.first().copied(),
             };
-            membound::run::generate(s.model.as_mut(), &tok, &ids, &mut sampler, &gopts, &mut on_text)?
+            membound::run::generate(
+                s.model.as_mut(),
+                &tok,
+                &ids,
+                &mut sampler,
+                &gopts,
+                &mut on_text,
+            )?
         }
     };
     if json {

@@ -265,10 +265,14 @@ fn run_calibrated(
 ) -> Result<quantize::Quantized> {
     let codec = calibrate::parse_affine(&args.codec)?;
     let source = membound_tensor::open(input)?;
-    let (cfg, w) = load_llama(input).context("calibrated quantization needs a LLaMA-family model")?;
+    let (cfg, w) =
+        load_llama(input).context("calibrated quantization needs a LLaMA-family model")?;
     let tokenizer = membound::run::tokenizer_for(input)?;
     let (text, text_name) = if args.calib == "default" {
-        (CALIB_TEXT.to_string(), "membound calibration text (data/calib.txt)".to_string())
+        (
+            CALIB_TEXT.to_string(),
+            "membound calibration text (data/calib.txt)".to_string(),
+        )
     } else {
         (
             std::fs::read_to_string(&args.calib)
@@ -284,7 +288,13 @@ fn run_calibrated(
         tokens.len()
     );
     let per_layer: usize = w.layers.first().map_or(0, |l| {
-        l.wq.len() + l.wk.len() + l.wv.len() + l.wo.len() + l.w_gate.len() + l.w_up.len() + l.w_down.len()
+        l.wq.len()
+            + l.wk.len()
+            + l.wv.len()
+            + l.wo.len()
+            + l.w_gate.len()
+            + l.w_up.len()
+            + l.w_down.len()
     });
     let model_weights = per_layer * cfg.n_layers + w.embed.len();
     let passes = args.passes.unwrap_or_else(|| {
@@ -341,8 +351,8 @@ fn eval_against_dense(
     max_tokens: usize,
 ) -> Result<serde_json::Value> {
     let (cfg, dense) = load_llama(input)?;
-    let (qcfg, qw) = load_llama(output)
-        .with_context(|| format!("reading back {}", output.display()))?;
+    let (qcfg, qw) =
+        load_llama(output).with_context(|| format!("reading back {}", output.display()))?;
     let tokenizer = membound::run::tokenizer_for(input)?;
     let tokens = calibrate::encode_lossy(&tokenizer, EVAL_TEXT)?.0;
     let window = 512.min(cfg.max_seq_len);

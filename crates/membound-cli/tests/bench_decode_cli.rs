@@ -98,10 +98,24 @@ fn bad_decode_requests_are_clear_errors() {
     let (code, _, err) = membound(&["bench", "decode", "--synthetic", "llama-70b"]);
     assert_ne!(code, 0);
     assert!(err.contains("llama-70b") || skip_gpu(&err), "{err}");
-    let (code, _, err) = membound(&["bench", "decode", "--synthetic", "llama-1b", "--weights", "svd:rank=4"]);
+    let (code, _, err) = membound(&[
+        "bench",
+        "decode",
+        "--synthetic",
+        "llama-1b",
+        "--weights",
+        "svd:rank=4",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("no GPU kernel"), "{err}");
-    let (code, _, err) = membound(&["bench", "decode", "--kv-cache", "q3", "--synthetic", "llama-1b"]);
+    let (code, _, err) = membound(&[
+        "bench",
+        "decode",
+        "--kv-cache",
+        "q3",
+        "--synthetic",
+        "llama-1b",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("q3") || skip_gpu(&err), "{err}");
 }

@@ -94,11 +94,7 @@ impl AwqStats {
         if self.seen == 0 {
             return Err(input_err("no calibration inputs were recorded".into()));
         }
-        Ok(self
-            .sum_abs
-            .iter()
-            .map(|s| s / self.seen as f64)
-            .collect())
+        Ok(self.sum_abs.iter().map(|s| s / self.seen as f64).collect())
     }
 
     /// The kept samples, row-major `n × cols`.

@@ -235,7 +235,9 @@ fn params_of(
 #[inline]
 fn quantize_one(w: f64, p: Params, n: f32) -> (u8, f32) {
     let q = if p.scale != 0.0 {
-        ((w as f32 - p.bias) / p.scale).round_ties_even().clamp(0.0, n)
+        ((w as f32 - p.bias) / p.scale)
+            .round_ties_even()
+            .clamp(0.0, n)
     } else {
         0.0
     };
@@ -392,9 +394,11 @@ pub fn gptq(codec: &AffineCodec, m: Matrix<'_>, h: &[f64], opts: &GptqOptions) -
             for g in 0..groups_per_row {
                 let c0 = g * glen;
                 let c1 = (c0 + glen).min(n);
-                v.push(params_of(codec, w[r * n + c0..r * n + c1].iter().copied(), || {
-                    format!("group at row {r}, columns {c0}..{c1}")
-                })?);
+                v.push(params_of(
+                    codec,
+                    w[r * n + c0..r * n + c1].iter().copied(),
+                    || format!("group at row {r}, columns {c0}..{c1}"),
+                )?);
             }
         }
         v
@@ -438,11 +442,10 @@ pub fn gptq(codec: &AffineCodec, m: Matrix<'_>, h: &[f64], opts: &GptqOptions) -
                     if dynamic && col % glen == 0 {
                         let c1 = (col + glen).min(n);
                         for r in 0..rr {
-                            pars[r * groups_per_row + g] = params_of(
-                                codec,
-                                (col..c1).map(|c| wt[c * rr + r]),
-                                || format!("group at row {}, columns {col}..{c1}", r0 + r),
-                            )?;
+                            pars[r * groups_per_row + g] =
+                                params_of(codec, (col..c1).map(|c| wt[c * rr + r]), || {
+                                    format!("group at row {}, columns {col}..{c1}", r0 + r)
+                                })?;
                         }
                     }
                     let d = u[k * n + k];

@@ -75,7 +75,10 @@ fn hessian_matches_dense_reference() {
                 * 2.0
                 / n;
             let got = h[i * 24 + j];
-            assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{i},{j}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{i},{j}: {got} vs {want}"
+            );
         }
     }
 }
@@ -111,9 +114,18 @@ fn gptq_beats_rtn_and_decodes() {
         let (eg, er) = (output_err(&w, &wg, &x, cols), output_err(&w, &wr, &x, cols));
         // The Hessian form is the same quantity, scaled by 2/n.
         let hg = hessian_error(&w, &wg, &h, cols).unwrap();
-        assert!((hg - eg * 2.0 / n as f64).abs() <= 1e-6 * hg.abs(), "{hg} vs {eg}");
-        eprintln!("bits={bits} group={group} act_order={act_order}: GPTQ/RTN output error {:.3}", eg / er);
-        assert!(eg < 0.8 * er, "bits={bits} {group:?} act_order={act_order}: GPTQ {eg} vs RTN {er}");
+        assert!(
+            (hg - eg * 2.0 / n as f64).abs() <= 1e-6 * hg.abs(),
+            "{hg} vs {eg}"
+        );
+        eprintln!(
+            "bits={bits} group={group} act_order={act_order}: GPTQ/RTN output error {:.3}",
+            eg / er
+        );
+        assert!(
+            eg < 0.8 * er,
+            "bits={bits} {group:?} act_order={act_order}: GPTQ {eg} vs RTN {er}"
+        );
     }
 }
 
@@ -126,7 +138,13 @@ fn dead_columns_become_zero() {
     }
     let h = hessian_of(&x, cols);
     let codec = AffineCodec::new(4, Group::Size(32), ScaleDType::F16).unwrap();
-    let e = gptq(&codec, Matrix::new(rows, cols, &w).unwrap(), &h, &GptqOptions::default()).unwrap();
+    let e = gptq(
+        &codec,
+        Matrix::new(rows, cols, &w).unwrap(),
+        &h,
+        &GptqOptions::default(),
+    )
+    .unwrap();
     let wq = decode(&e).unwrap();
     for r in 0..rows {
         assert!(wq[r * cols + 5].abs() < 0.02, "{}", wq[r * cols + 5]);
@@ -140,7 +158,10 @@ fn bad_input_is_a_clear_error() {
     assert!(e.contains("empty"), "{e}");
     let e = h.add_batch(&[1.0, 2.0, 3.0]).unwrap_err().to_string();
     assert!(e.contains("width 4"), "{e}");
-    let e = h.add_batch(&[1.0, f32::NAN, 3.0, 4.0]).unwrap_err().to_string();
+    let e = h
+        .add_batch(&[1.0, f32::NAN, 3.0, 4.0])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("NaN"), "{e}");
     let e = Hessian::new(4).finish().unwrap_err().to_string();
     assert!(e.contains("no calibration inputs"), "{e}");
@@ -148,34 +169,52 @@ fn bad_input_is_a_clear_error() {
     let codec = AffineCodec::default();
     let w = vec![0.5f32; 8 * 64];
     let m = Matrix::new(8, 64, &w).unwrap();
-    let e = gptq(&codec, m, &[1.0; 10], &GptqOptions::default()).unwrap_err().to_string();
+    let e = gptq(&codec, m, &[1.0; 10], &GptqOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("Hessian has 10 values"), "{e}");
     let mut hn = vec![0.0; 64 * 64];
     hn[3] = f64::NAN;
-    let e = gptq(&codec, m, &hn, &GptqOptions::default()).unwrap_err().to_string();
+    let e = gptq(&codec, m, &hn, &GptqOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("NaN"), "{e}");
     let bad = GptqOptions {
         damp: -1.0,
         ..Default::default()
     };
-    let e = gptq(&codec, m, &vec![1.0; 64 * 64], &bad).unwrap_err().to_string();
+    let e = gptq(&codec, m, &vec![1.0; 64 * 64], &bad)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("damping"), "{e}");
     // Rank-one H with no damping is singular.
     let nodamp = GptqOptions {
         damp: 0.0,
         ..Default::default()
     };
-    let e = gptq(&codec, m, &vec![1.0; 64 * 64], &nodamp).unwrap_err().to_string();
+    let e = gptq(&codec, m, &vec![1.0; 64 * 64], &nodamp)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("positive definite"), "{e}");
     let mut wn = w.clone();
     wn[7] = f32::INFINITY;
-    let e = gptq(&codec, Matrix::new(8, 64, &wn).unwrap(), &vec![0.0; 64 * 64], &GptqOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = gptq(
+        &codec,
+        Matrix::new(8, 64, &wn).unwrap(),
+        &vec![0.0; 64 * 64],
+        &GptqOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("inf"), "{e}");
 
     let mut s = AwqStats::new(4, 1, 10);
-    assert!(s.add(&[1.0, 2.0]).unwrap_err().to_string().contains("width 2"));
+    assert!(
+        s.add(&[1.0, 2.0])
+            .unwrap_err()
+            .to_string()
+            .contains("width 2")
+    );
     assert!(s.mean_abs().is_err());
 }
 

@@ -31,10 +31,16 @@ fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
 
 #[test]
 fn rms_norm_and_residual_add() {
-    let Some(ctx) = context(GpuFeatures::NONE) else { return };
+    let Some(ctx) = context(GpuFeatures::NONE) else {
+        return;
+    };
     let mut rng = Rng::new(3);
     for dim in [1usize, 7, 64, 576, 1000] {
-        let (x, y, w) = (randn(&mut rng, dim), randn(&mut rng, dim), randn(&mut rng, dim));
+        let (x, y, w) = (
+            randn(&mut rng, dim),
+            randn(&mut rng, dim),
+            randn(&mut rng, dim),
+        );
         let eps = 1e-5;
         let reference = |x: &[f64]| -> Vec<f64> {
             let ms = x.iter().map(|v| v * v).sum::<f64>() / dim as f64;
@@ -146,7 +152,10 @@ impl RefAttention {
                 .keys
                 .iter()
                 .map(|k| {
-                    qh.iter().zip(&k[kvh * hd..]).map(|(a, b)| a * b).sum::<f64>()
+                    qh.iter()
+                        .zip(&k[kvh * hd..])
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
                         / (hd as f64).sqrt()
                 })
                 .collect();
@@ -165,7 +174,9 @@ impl RefAttention {
 
 #[test]
 fn attention_matches_reference_over_many_positions() {
-    let Some(ctx) = context(GpuFeatures::NONE) else { return };
+    let Some(ctx) = context(GpuFeatures::NONE) else {
+        return;
+    };
     // (heads, kv heads, head width, positions, half-split RoPE, bias, splits)
     let cases = [
         (4, 1, 16, 600, false, true, 1),
@@ -237,7 +248,9 @@ fn attention_matches_reference_over_many_positions() {
 /// range, 4-bit by about 10%).
 #[test]
 fn quantized_kv_cache_matches_its_reference() {
-    let Some(ctx) = context(GpuFeatures::NONE) else { return };
+    let Some(ctx) = context(GpuFeatures::NONE) else {
+        return;
+    };
     let mut rng = Rng::new(21);
     for kv in [KvDType::F16, KvDType::Q8, KvDType::Q4] {
         for (n_heads, n_kv_heads, head_dim, positions, splits) in
@@ -300,7 +313,9 @@ fn quantized_kv_cache_matches_its_reference() {
 
 #[test]
 fn swiglu_and_argmax() {
-    let Some(ctx) = context(GpuFeatures::NONE) else { return };
+    let Some(ctx) = context(GpuFeatures::NONE) else {
+        return;
+    };
     let mut rng = Rng::new(5);
     for hidden in [1usize, 255, 1536] {
         let gu = randn(&mut rng, 2 * hidden);
@@ -312,7 +327,8 @@ fn swiglu_and_argmax() {
             .collect();
         let g = GpuVector::from_slice(&ctx, "gate_up", &gu).unwrap();
         let out = GpuVector::zeros(&ctx, "out", hidden).unwrap();
-        ctx.submit(&[&ops::swiglu(&ctx, &g, &out).unwrap()]).unwrap();
+        ctx.submit(&[&ops::swiglu(&ctx, &g, &out).unwrap()])
+            .unwrap();
         close(&out.read(&ctx).unwrap(), &want, "swiglu");
     }
     let next = GpuBuffer::new(
@@ -341,7 +357,9 @@ fn swiglu_and_argmax() {
 
 #[test]
 fn bad_shapes_are_errors() {
-    let Some(ctx) = context(GpuFeatures::NONE) else { return };
+    let Some(ctx) = context(GpuFeatures::NONE) else {
+        return;
+    };
     let shape = AttentionShape {
         n_heads: 6,
         n_kv_heads: 4,
@@ -362,6 +380,8 @@ fn bad_shapes_are_errors() {
     assert!(e.contains("at most 8"), "{e}");
     let x = GpuVector::zeros(&ctx, "x", 10).unwrap();
     let w = GpuVector::zeros(&ctx, "w", 12).unwrap();
-    let e = ops::rms_norm(&ctx, &x, &w, 1e-5, &x).unwrap_err().to_string();
+    let e = ops::rms_norm(&ctx, &x, &w, 1e-5, &x)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("needs 12"), "{e}");
 }

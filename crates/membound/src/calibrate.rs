@@ -399,16 +399,22 @@ fn quantize_layer(
             for role in ROLES {
                 let m = matrix_mut(lw, role);
                 let c = cols(role);
-                let e = gptq(codec, Matrix::new(m.len() / c, c, m)?, &hs[site_of(role)], &g)?;
+                let e = gptq(
+                    codec,
+                    Matrix::new(m.len() / c, c, m)?,
+                    &hs[site_of(role)],
+                    &g,
+                )?;
                 *m = codec.decode(&e)?;
                 out.push((role, e));
             }
         }
         Method::Awq => {
             let st = |s: usize| {
-                stats[s].awq.as_ref().ok_or_else(|| {
-                    Error::Request(format!("AWQ statistics missing for site {s}"))
-                })
+                stats[s]
+                    .awq
+                    .as_ref()
+                    .ok_or_else(|| Error::Request(format!("AWQ statistics missing for site {s}")))
             };
             let hd = cfg.head_dim();
             let group = cfg.n_heads / cfg.n_kv_heads.max(1);
@@ -480,10 +486,7 @@ fn quantize_layer(
                 let a = st(2)?;
                 let ch = awq_search(
                     codec,
-                    &[
-                        Matrix::new(h, d, &lw.w_gate)?,
-                        Matrix::new(h, d, &lw.w_up)?,
-                    ],
+                    &[Matrix::new(h, d, &lw.w_gate)?, Matrix::new(h, d, &lw.w_up)?],
                     &a.mean_abs()?,
                     a.samples(),
                     opts.awq_grid,
@@ -529,7 +532,9 @@ fn check_options(cfg: &LlamaConfig, opts: &CalibOptions) -> Result<()> {
         )));
     }
     if opts.window < 2 {
-        return Err(Error::Request("calibration window must be at least 2".into()));
+        return Err(Error::Request(
+            "calibration window must be at least 2".into(),
+        ));
     }
     if let Some(b) = opts.budget
         && !(2.0..=8.0).contains(&b)
@@ -545,7 +550,9 @@ fn check_options(cfg: &LlamaConfig, opts: &CalibOptions) -> Result<()> {
         )));
     }
     if opts.method == Method::Awq && cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads != 0 {
-        return Err(Error::Request("AWQ needs n_heads to be a multiple of n_kv_heads".into()));
+        return Err(Error::Request(
+            "AWQ needs n_heads to be a multiple of n_kv_heads".into(),
+        ));
     }
     if let Some(h) = &opts.head {
         codec_from_spec(h)?;
@@ -607,10 +614,11 @@ pub fn calibrate(
         let stats = if opts.method == Method::Rtn {
             (0..nl).map(|_| Default::default()).collect()
         } else {
-            record(cfg, w, tokens, opts, 0..nl, &|d, t| progress("recording", d, t))?
+            record(cfg, w, tokens, opts, 0..nl, &|d, t| {
+                progress("recording", d, t)
+            })?
         };
-        let mut cands: Vec<Vec<(LayerWeights, LayerEncodings, [f64; 4])>> =
-            Vec::with_capacity(nl);
+        let mut cands: Vec<Vec<(LayerWeights, LayerEncodings, [f64; 4])>> = Vec::with_capacity(nl);
         for (l, st) in stats.iter().enumerate() {
             let mut per = Vec::new();
             for bits in MIXED_BITS {
@@ -695,7 +703,9 @@ pub fn calibrate(
                 (a..b).map(|_| Default::default()).collect()
             } else {
                 let phase = format!("recording {}/{passes}", p + 1);
-                record(cfg, &out, tokens, opts, a..b, &|d, t| progress(&phase, d, t))?
+                record(cfg, &out, tokens, opts, a..b, &|d, t| {
+                    progress(&phase, d, t)
+                })?
             };
             for (i, st) in stats.iter().enumerate() {
                 let l = a + i;
@@ -848,8 +858,9 @@ pub fn to_quantized(
     if format == Format::Safetensors {
         return Err(Error::Model {
             path: path.display().to_string(),
-            problem: "calibrated quantization writes GGUF and llama2.c sources; this is safetensors"
-                .into(),
+            problem:
+                "calibrated quantization writes GGUF and llama2.c sources; this is safetensors"
+                    .into(),
         });
     }
     let w = &c.weights;
@@ -860,7 +871,10 @@ pub fn to_quantized(
                 slots.insert(layer_name(format, i, role), Slot::Encoded(e));
             }
         }
-        slots.insert(layer_name(format, i, "attn_norm"), Slot::Values(&l.attn_norm));
+        slots.insert(
+            layer_name(format, i, "attn_norm"),
+            Slot::Values(&l.attn_norm),
+        );
         slots.insert(layer_name(format, i, "ffn_norm"), Slot::Values(&l.ffn_norm));
         for (p, b) in [("bq", &l.bq), ("bk", &l.bk), ("bv", &l.bv)] {
             if let Some(b) = b {
@@ -871,7 +885,11 @@ pub fn to_quantized(
     let (embed, norm, classifier) = if format == Format::Gguf {
         ("token_embd.weight", "output_norm.weight", "output.weight")
     } else {
-        ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+        (
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+        )
     };
     slots.insert(norm.into(), Slot::Values(&w.norm));
     match (&w.classifier, w.encoded.get("classifier")) {

@@ -78,7 +78,9 @@ fn output_err(w: &[f32], wh: &[f32], x: &[f32], cols: usize) -> f64 {
 
 #[test]
 fn gptq_beats_rtn_on_a_real_layer() {
-    let Some((path, cfg, w)) = llama2xs() else { return };
+    let Some((path, cfg, w)) = llama2xs() else {
+        return;
+    };
     let tokens = calib_tokens(&path, 256);
     let layer = 2;
     let xs = Arc::new(Mutex::new(Vec::new()));
@@ -101,14 +103,19 @@ fn gptq_beats_rtn_on_a_real_layer() {
             .unwrap();
         let r = codec.decode(&codec.encode(mm).unwrap()).unwrap();
         let (eg, er) = (output_err(wd, &g, &x, cols), output_err(wd, &r, &x, cols));
-        eprintln!("llama2xs layer {layer} down, {bits} bits: GPTQ/RTN output error {:.3}", eg / er);
+        eprintln!(
+            "llama2xs layer {layer} down, {bits} bits: GPTQ/RTN output error {:.3}",
+            eg / er
+        );
         assert!(eg < 0.9 * er, "{bits} bits: GPTQ {eg} vs RTN {er}");
     }
 }
 
 #[test]
 fn gptq_file_loads_and_runs_on_gpu() {
-    let Some((path, cfg, w)) = llama2xs() else { return };
+    let Some((path, cfg, w)) = llama2xs() else {
+        return;
+    };
     let tokens = calib_tokens(&path, 192);
     let opts = CalibOptions {
         method: Method::Gptq,
@@ -119,8 +126,8 @@ fn gptq_file_loads_and_runs_on_gpu() {
     let c = calibrate::calibrate(&cfg, &w, &tokens, &opts, &|_, _, _| {}).unwrap();
     assert_eq!(c.weights.encoded.len(), 7 * cfg.n_layers);
     let src = open(&path).unwrap();
-    let q = calibrate::to_quantized(src.as_ref(), &cfg, &c, serde_json::json!({"test": true}))
-        .unwrap();
+    let q =
+        calibrate::to_quantized(src.as_ref(), &cfg, &c, serde_json::json!({"test": true})).unwrap();
     let dir = std::env::temp_dir().join(format!("membound-calib-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("gptq3.safetensors");
@@ -164,12 +171,17 @@ fn gptq_file_loads_and_runs_on_gpu() {
         tok = membound::model::argmax(&want);
     }
     // And the decoded weights the GPU uses are the file's.
-    assert_eq!(prepared.decoded_weights().unwrap().layers[0].wo, qw.layers[0].wo);
+    assert_eq!(
+        prepared.decoded_weights().unwrap().layers[0].wo,
+        qw.layers[0].wo
+    );
 }
 
 #[test]
 fn awq_and_mixed_precision_write_plain_layouts() {
-    let Some((path, cfg, w)) = llama2xs() else { return };
+    let Some((path, cfg, w)) = llama2xs() else {
+        return;
+    };
     let tokens = calib_tokens(&path, 128);
     let awq = CalibOptions {
         method: Method::Awq,
@@ -177,7 +189,12 @@ fn awq_and_mixed_precision_write_plain_layouts() {
         ..Default::default()
     };
     let c = calibrate::calibrate(&cfg, &w, &tokens, &awq, &|_, _, _| {}).unwrap();
-    assert!(c.awq_alpha.iter().flatten().all(|a| (0.0..=1.0).contains(a)));
+    assert!(
+        c.awq_alpha
+            .iter()
+            .flatten()
+            .all(|a| (0.0..=1.0).contains(a))
+    );
     // The folded model computes what the encodings say: decoding Q(W·s)
     // with the rescaled norms equals the f32 weights ÷ s … checked end to
     // end: the encodings decode to the stored weights times s, so instead
@@ -191,17 +208,31 @@ fn awq_and_mixed_precision_write_plain_layouts() {
         ..awq.clone()
     };
     let c8 = calibrate::calibrate(&cfg, &w, &tokens, &awq8, &|_, _, _| {}).unwrap();
-    assert!(c8.awq_alpha.iter().flatten().any(|a| *a > 0.0), "{:?}", c8.awq_alpha);
+    assert!(
+        c8.awq_alpha.iter().flatten().any(|a| *a > 0.0),
+        "{:?}",
+        c8.awq_alpha
+    );
     let (mut q8, mut dense) = (
         CpuLlama::new(cfg.clone(), c8.weights.clone()),
         CpuLlama::new(cfg.clone(), w.clone()),
     );
     let mut tok = 1;
     for pos in 0..8 {
-        let (a, b) = (q8.forward(tok, pos).unwrap(), dense.forward(tok, pos).unwrap());
+        let (a, b) = (
+            q8.forward(tok, pos).unwrap(),
+            dense.forward(tok, pos).unwrap(),
+        );
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
-        assert!(err < 0.03, "position {pos}: AWQ 8-bit relative logit error {err}");
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale;
+        assert!(
+            err < 0.03,
+            "position {pos}: AWQ 8-bit relative logit error {err}"
+        );
         tok = membound::model::argmax(&b);
     }
 
@@ -224,7 +255,9 @@ fn awq_and_mixed_precision_write_plain_layouts() {
 
 #[test]
 fn bad_calibration_input_is_a_clear_error() {
-    let Some((_, cfg, w)) = llama2xs() else { return };
+    let Some((_, cfg, w)) = llama2xs() else {
+        return;
+    };
     let opts = CalibOptions::default();
     let e = calibrate::calibrate(&cfg, &w, &[], &opts, &|_, _, _| {}).unwrap_err();
     assert!(e.to_string().contains("at least 2 tokens"), "{e}");
@@ -305,7 +338,9 @@ fn smollm2_layer_errors_held_out() {
         }
         drop(m);
         let v = std::mem::take(&mut *st.lock().unwrap());
-        v.into_iter().map(|h| h.finish().unwrap()).collect::<Vec<_>>()
+        v.into_iter()
+            .map(|h| h.finish().unwrap())
+            .collect::<Vec<_>>()
     };
     let hc = run(&calib);
     let he = run(&held);
@@ -328,10 +363,20 @@ fn smollm2_layer_errors_held_out() {
             let mut line = format!("layer {l} {name}: diag max/mean {:.0}", mx / mean);
             for damp in [0.01, 0.1, 1.0] {
                 let g = membound_codec::decode(
-                    &gptq(&codec, mm, h, &GptqOptions { damp, ..Default::default() }).unwrap(),
+                    &gptq(
+                        &codec,
+                        mm,
+                        h,
+                        &GptqOptions {
+                            damp,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
                 )
                 .unwrap();
-                let ec = hessian_error(m, &g, h, cols).unwrap() / hessian_error(m, &r, h, cols).unwrap();
+                let ec =
+                    hessian_error(m, &g, h, cols).unwrap() / hessian_error(m, &r, h, cols).unwrap();
                 let ee = hessian_error(m, &g, &he[i * 4 + s], cols).unwrap()
                     / hessian_error(m, &r, &he[i * 4 + s], cols).unwrap();
                 line += &format!(" | damp {damp}: calib {ec:.3} held-out {ee:.3}");

@@ -112,10 +112,17 @@ fn activation_hook_sees_every_projection_input() {
     for (i, (layer, site, len)) in seen.iter().enumerate() {
         assert_eq!(*layer, i / 4);
         assert_eq!(*site, Site::ALL[i % 4]);
-        let width = if *site == Site::Down { cfg.hidden_dim } else { cfg.dim };
+        let width = if *site == Site::Down {
+            cfg.hidden_dim
+        } else {
+            cfg.dim
+        };
         assert_eq!(*len, width);
     }
     let mut zeroing = load(&path);
-    zeroing.set_hook(Some(Box::new(Record(Arc::new(Mutex::new(Vec::new())), true))));
+    zeroing.set_hook(Some(Box::new(Record(
+        Arc::new(Mutex::new(Vec::new())),
+        true,
+    ))));
     assert_ne!(zeroing.forward(1, 0).unwrap(), want);
 }

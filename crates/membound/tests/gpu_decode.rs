@@ -88,7 +88,11 @@ fn compare(
         // The on-device argmax agrees with the host's on the same logits
         // (rerunning the position overwrites the same cache entries).
         let next = gpu.forward_argmax(tok, pos).unwrap();
-        assert_eq!(next, membound::model::argmax(&got), "{spec}: argmax at {pos}");
+        assert_eq!(
+            next,
+            membound::model::argmax(&got),
+            "{spec}: argmax at {pos}"
+        );
         tokens.push(next);
         tok = next;
     }
@@ -211,7 +215,11 @@ fn synthetic_model_decodes() {
         let la = a.forward(3, 0).unwrap();
         assert!(la.iter().all(|v| v.is_finite()), "{spec}");
         assert!(la.iter().any(|v| *v != 0.0), "{spec}");
-        assert_eq!(la, b.forward(3, 0).unwrap(), "{spec}: same seed, same logits");
+        assert_eq!(
+            la,
+            b.forward(3, 0).unwrap(),
+            "{spec}: same seed, same logits"
+        );
         let t = a.forward_argmax(5, 1).unwrap();
         assert!((t as usize) < cfg.vocab_size);
     }
@@ -231,7 +239,9 @@ fn sparse_down_matches_cpu_with_thresholding_hook() {
     impl ActivationHook for Zero {
         fn on_input(&mut self, _: usize, site: Site, x: &mut [f32]) {
             if site == Site::Down {
-                x.iter_mut().filter(|v| v.abs() <= self.0).for_each(|v| *v = 0.0);
+                x.iter_mut()
+                    .filter(|v| v.abs() <= self.0)
+                    .for_each(|v| *v = 0.0);
             }
         }
     }
@@ -267,7 +277,10 @@ fn sparse_down_matches_cpu_with_thresholding_hook() {
             let act = g.down_activity().unwrap();
             assert_eq!(act.len(), cfg.n_layers);
             if tau == 0.0 {
-                assert!(act.iter().all(|(a, n)| a == n), "τ=0 keeps every input: {act:?}");
+                assert!(
+                    act.iter().all(|(a, n)| a == n),
+                    "τ=0 keeps every input: {act:?}"
+                );
             }
         }
         let taus = g.calibrate_down(0.5, 1, 0).unwrap();
@@ -275,7 +288,10 @@ fn sparse_down_matches_cpu_with_thresholding_hook() {
         g.forward_argmax(1, 0).unwrap();
         for (active, n) in g.down_activity().unwrap() {
             let skipped = 1.0 - active as f32 / n as f32;
-            assert!((skipped - 0.5).abs() <= 0.02, "{dtype:?}: skipped {skipped}");
+            assert!(
+                (skipped - 0.5).abs() <= 0.02,
+                "{dtype:?}: skipped {skipped}"
+            );
         }
     }
 }
@@ -326,11 +342,18 @@ fn quantized_kv_cache_decodes_close_to_f32() {
             let got = g.forward(tok, pos).unwrap();
             worst = worst.max(rel_err(&got, w));
             if kv != KvDType::Q4 {
-                assert_eq!(membound::model::argmax(&got), LLAMA2XS_GREEDY[pos], "{kv:?} at {pos}");
+                assert_eq!(
+                    membound::model::argmax(&got),
+                    LLAMA2XS_GREEDY[pos],
+                    "{kv:?} at {pos}"
+                );
             }
             tok = LLAMA2XS_GREEDY[pos];
         }
-        eprintln!("{kv:?}: worst relative logit error {worst:.2e}, KV {} bytes", g.kv_cache_bytes());
+        eprintln!(
+            "{kv:?}: worst relative logit error {worst:.2e}, KV {} bytes",
+            g.kv_cache_bytes()
+        );
         assert!(worst < bound, "{kv:?}: {worst}");
         assert!(worst > last, "{kv:?} should lose more than the wider type");
         last = worst;
@@ -367,5 +390,8 @@ fn kv_cache_over_device_limits_is_an_error() {
     let e = GpuLlama::synthetic(Arc::clone(&ctx), &cfg, "f16", 1, opts)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("key cache") && e.contains("max_storage_buffer_binding_size"), "{e}");
+    assert!(
+        e.contains("key cache") && e.contains("max_storage_buffer_binding_size"),
+        "{e}"
+    );
 }

@@ -658,7 +658,9 @@ fn llama2c_merges_compare_scores_like_run_c() {
 /// of its source is found (here the llama2.c fixture's tok512.bin).
 #[test]
 fn quantized_file_finds_its_source_tokenizer() {
-    let Some((path, want)) = llama2xs() else { return };
+    let Some((path, want)) = llama2xs() else {
+        return;
+    };
     let src = open(&path).unwrap();
     let q = membound::quantize::quantize(src.as_ref(), "affine:bits=4,group=32", &|_, _, _| {})
         .unwrap();
@@ -668,5 +670,8 @@ fn quantized_file_finds_its_source_tokenizer() {
     let qsrc = open(&out).unwrap();
     let tok = Tokenizer::for_model(&out, qsrc.as_ref()).unwrap();
     let text = "Once upon a time, there was a little girl named Lily.";
-    assert_eq!(tok.encode(text, true).unwrap(), want.encode(text, true).unwrap());
+    assert_eq!(
+        tok.encode(text, true).unwrap(),
+        want.encode(text, true).unwrap()
+    );
 }

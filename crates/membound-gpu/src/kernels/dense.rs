@@ -77,7 +77,10 @@ enum Source<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     /// Uniform in `[-a, a]` from a seed, generated on the GPU.
-    Synthetic { seed: u32, a: f32 },
+    Synthetic {
+        seed: u32,
+        a: f32,
+    },
 }
 
 impl DenseGemv {

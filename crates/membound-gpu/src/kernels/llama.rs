@@ -36,8 +36,11 @@ impl StepBuffer {
 
     /// Queues the position and token of the next submission.
     pub fn write(&self, ctx: &GpuContext, pos: u32, token: u32) {
-        ctx.queue()
-            .write_buffer(self.buffer.raw(), 0, bytemuck::cast_slice(&[pos, token, 0, 0]));
+        ctx.queue().write_buffer(
+            self.buffer.raw(),
+            0,
+            bytemuck::cast_slice(&[pos, token, 0, 0]),
+        );
     }
 
     /// The buffer.
@@ -247,7 +250,11 @@ fn need_bytes(what: &str, b: &GpuBuffer, bytes: u64) -> Result<()> {
     if b.size() < bytes {
         return Err(GpuError::invalid(
             what,
-            format!("buffer `{}` has {} bytes, needs {bytes}", b.name(), b.size()),
+            format!(
+                "buffer `{}` has {} bytes, needs {bytes}",
+                b.name(),
+                b.size()
+            ),
         ));
     }
     Ok(())
@@ -289,7 +296,11 @@ pub fn rms_norm(
         ctx,
         "rms_norm",
         &[("DIM", u32_of(what, dim)?), ("NORM_EPS", f64::from(eps))],
-        &[Binding::Storage, Binding::Storage, Binding::StorageReadWrite],
+        &[
+            Binding::Storage,
+            Binding::Storage,
+            Binding::StorageReadWrite,
+        ],
     )?;
     one(
         ctx,
@@ -353,7 +364,8 @@ impl KvCache {
     pub fn new(ctx: &GpuContext, layer: usize, shape: &AttentionShape) -> Result<Self> {
         shape.check()?;
         let n = shape.context as u64;
-        let codes = (n * (shape.kv_dim() as u64) * u64::from(shape.kv.bits()) / 8).next_multiple_of(16);
+        let codes =
+            (n * (shape.kv_dim() as u64) * u64::from(shape.kv.bits()) / 8).next_multiple_of(16);
         let params = if shape.kv.is_quantized() {
             n * (shape.kv_dim() / shape.kv_group()) as u64 * 4
         } else {
@@ -486,7 +498,12 @@ pub fn attention(
             ],
             &[Binding::Storage, Binding::StorageReadWrite],
         )?;
-        d.extend(one(ctx, combine, &[&partials, out.buffer()], [kv_heads, 1, 1])?);
+        d.extend(one(
+            ctx,
+            combine,
+            &[&partials, out.buffer()],
+            [kv_heads, 1, 1],
+        )?);
     }
     Ok(d)
 }
@@ -525,7 +542,12 @@ pub fn argmax(ctx: &GpuContext, logits: &GpuVector, out: &GpuBuffer) -> Result<D
         &[],
         &[Binding::Storage, Binding::StorageReadWrite],
     )?;
-    let partial = GpuBuffer::new(ctx, "argmax partial winners", 64 * 8, wgpu::BufferUsages::STORAGE)?;
+    let partial = GpuBuffer::new(
+        ctx,
+        "argmax partial winners",
+        64 * 8,
+        wgpu::BufferUsages::STORAGE,
+    )?;
     let mut d = one(ctx, stage1, &[logits.buffer(), &partial], [64, 1, 1])?;
     d.extend(one(ctx, stage2, &[&partial, out], [1, 1, 1])?);
     Ok(d)

@@ -307,7 +307,12 @@ impl SparseGemv {
         check_shape(name, rows, cols, rows.saturating_mul(cols))?;
         let stride = check_layout(name, rows, cols, dtype)?;
         let usage = wgpu::BufferUsages::STORAGE;
-        let weights = GpuBuffer::new(ctx, name, (cols * stride * dtype.unit_bytes()) as u64, usage)?;
+        let weights = GpuBuffer::new(
+            ctx,
+            name,
+            (cols * stride * dtype.unit_bytes()) as u64,
+            usage,
+        )?;
         check_binding_size(ctx, name, weights.size())?;
         match dtype {
             SparseDType::F16 => {

@@ -157,6 +157,9 @@ pub struct Report {
     pub unix_time: u64,
 }
 
+/// Makes a model's GPU decoder for one weight spec and options.
+pub type BuildDecoder<'a> = Box<dyn FnMut(&str, GpuLlamaOptions) -> Result<GpuLlama> + 'a>;
+
 /// What to decode: a model file (prepared by the caller) or a synthetic
 /// shape.
 pub enum Subject<'a> {
@@ -167,7 +170,7 @@ pub enum Subject<'a> {
         /// Shown in the report.
         name: String,
         /// Makes the decoder for one weight spec.
-        build: Box<dyn FnMut(&str, GpuLlamaOptions) -> Result<GpuLlama> + 'a>,
+        build: BuildDecoder<'a>,
         /// Its configuration.
         cfg: LlamaConfig,
     },
@@ -248,7 +251,10 @@ pub fn run(
         };
         let label = match sparse {
             None => format!("{spec} weights"),
-            Some((s, _)) => format!("{spec} weights, sparse down projections at {:.0}%", s * 100.0),
+            Some((s, _)) => format!(
+                "{spec} weights, sparse down projections at {:.0}%",
+                s * 100.0
+            ),
         };
         progress(&format!("building {name} with {label}"));
         let mut m = match &mut subject {

@@ -624,11 +624,18 @@ struct LayerParts {
 #[derive(Debug)]
 enum Down {
     Dense(GpuMatrix),
-    Sparse(SparseGemv),
+    Sparse(Box<SparseGemv>),
 }
 
 /// Stores a down projection's f32 weights column-major as `dtype`.
-fn sparse_down(ctx: &GpuContext, role: &str, rows: usize, cols: usize, w: &[f32], dtype: SparseDType) -> Result<SparseGemv> {
+fn sparse_down(
+    ctx: &GpuContext,
+    role: &str,
+    rows: usize,
+    cols: usize,
+    w: &[f32],
+    dtype: SparseDType,
+) -> Result<SparseGemv> {
     Ok(match dtype {
         SparseDType::F16 => SparseGemv::f16(ctx, role, rows, cols, w)?,
         SparseDType::Affine4 { group } => SparseGemv::affine4(ctx, role, rows, cols, w, group)?,
@@ -637,7 +644,12 @@ fn sparse_down(ctx: &GpuContext, role: &str, rows: usize, cols: usize, w: &[f32]
 
 /// The weights a sparse down projection in `dtype` multiplies by,
 /// row-major: f16 rounding, or the column-wise 4-bit affine decoding.
-pub fn sparse_down_decoded(w: &[f32], rows: usize, cols: usize, dtype: SparseDType) -> Result<Vec<f32>> {
+pub fn sparse_down_decoded(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    dtype: SparseDType,
+) -> Result<Vec<f32>> {
     Ok(match dtype {
         SparseDType::F16 => w.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
         SparseDType::Affine4 { group } => {
@@ -664,25 +676,35 @@ impl GpuLlama {
             .enumerate()
             .map(|(i, l)| {
                 Ok(LayerParts {
-                    attn_norm: GpuVector::from_slice(c, &format!("layer {i} attn norm"), &l.attn_norm)?,
+                    attn_norm: GpuVector::from_slice(
+                        c,
+                        &format!("layer {i} attn norm"),
+                        &l.attn_norm,
+                    )?,
                     qkv: l.qkv.upload(c)?,
                     bias: match &l.qkv_bias {
-                        Some(b) => Some(GpuVector::from_slice(c, &format!("layer {i} qkv bias"), b)?),
+                        Some(b) => {
+                            Some(GpuVector::from_slice(c, &format!("layer {i} qkv bias"), b)?)
+                        }
                         None => None,
                     },
                     wo: l.wo.upload(c)?,
-                    ffn_norm: GpuVector::from_slice(c, &format!("layer {i} ffn norm"), &l.ffn_norm)?,
+                    ffn_norm: GpuVector::from_slice(
+                        c,
+                        &format!("layer {i} ffn norm"),
+                        &l.ffn_norm,
+                    )?,
                     gate_up: l.gate_up.upload(c)?,
                     down: match opts.sparse_down {
                         None => Down::Dense(l.down.upload(c)?),
-                        Some(dtype) => Down::Sparse(sparse_down(
+                        Some(dtype) => Down::Sparse(Box::new(sparse_down(
                             c,
                             &l.down.role,
                             l.down.rows,
                             l.down.cols,
                             &l.down.decoded()?,
                             dtype,
-                        )?),
+                        )?)),
                     },
                 })
             })
@@ -691,13 +713,26 @@ impl GpuLlama {
         // row is a few KiB written with the step, and no table, however
         // large, meets a binding limit.
         let embed = Embedding::Table(if model.embed_f16 {
-            model.embed.iter().map(|v| f16::from_f32(*v).to_f32()).collect()
+            model
+                .embed
+                .iter()
+                .map(|v| f16::from_f32(*v).to_f32())
+                .collect()
         } else {
             model.embed.clone()
         });
         let norm = GpuVector::from_slice(c, "final norm", &model.norm)?;
         let classifier = model.classifier.upload(c)?;
-        Self::assemble(ctx, &model.cfg, opts, embed, model.embed_f16, layers, norm, classifier)
+        Self::assemble(
+            ctx,
+            &model.cfg,
+            opts,
+            embed,
+            model.embed_f16,
+            layers,
+            norm,
+            classifier,
+        )
     }
 
     /// A model of shape `cfg` with weights generated on the GPU from `seed`
@@ -728,7 +763,9 @@ impl GpuLlama {
         let mut n = 0u32;
         let mut matrix = |role: String, rows: usize, cols: usize| -> Result<GpuMatrix> {
             n += 1;
-            let s = seed.wrapping_mul(0x9E37_79B9).wrapping_add(n.wrapping_mul(0x85EB_CA6B));
+            let s = seed
+                .wrapping_mul(0x9E37_79B9)
+                .wrapping_add(n.wrapping_mul(0x85EB_CA6B));
             let a = (3.0 / cols as f32).sqrt();
             Ok(match (&storage, &affine) {
                 (Storage::Dense(dtype), _) => {
@@ -753,7 +790,7 @@ impl GpuLlama {
                 gate_up: matrix(format!("layers.{i}.gate_up"), 2 * h, d)?,
                 down: match opts.sparse_down {
                     None => Down::Dense(matrix(format!("layers.{i}.w_down"), d, h)?),
-                    Some(dtype) => Down::Sparse(SparseGemv::synthetic(
+                    Some(dtype) => Down::Sparse(Box::new(SparseGemv::synthetic(
                         c,
                         &format!("layers.{i}.w_down (sparse)"),
                         d,
@@ -761,7 +798,7 @@ impl GpuLlama {
                         dtype,
                         seed.wrapping_add(7_777 + i as u32),
                         (3.0 / h as f32).sqrt(),
-                    )?),
+                    )?)),
                 },
             });
         }
@@ -815,7 +852,11 @@ impl GpuLlama {
         let gate_up = vec("gate/up", 2 * h)?;
         let hidden = vec("swiglu", h)?;
         let logits = vec("logits", cfg.vocab_size)?;
-        let rope = GpuVector::from_slice(c, "rope table", &shape.rope_table(f64::from(cfg.rope_theta)))?;
+        let rope = GpuVector::from_slice(
+            c,
+            "rope table",
+            &shape.rope_table(f64::from(cfg.rope_theta)),
+        )?;
         let next = GpuBuffer::new(
             c,
             "next token",
@@ -865,7 +906,7 @@ impl GpuLlama {
                     let tau = Threshold::new(c, &format!("layer {i} down τ"), 0.0)?;
                     calls.push((OpKind::SparseDown, m.bind_threshold(c, &hidden, &tau, &y)?));
                     sparse_bytes += m.weight_bytes();
-                    sparse.push((m, tau));
+                    sparse.push((*m, tau));
                 }
             }
             caches.push(cache);
@@ -1003,7 +1044,9 @@ impl GpuLlama {
                 }
             }
         }
-        let taus: Vec<f32> = (0..n).map(|i| if hi[i].is_finite() { hi[i] } else { lo[i] }).collect();
+        let taus: Vec<f32> = (0..n)
+            .map(|i| if hi[i].is_finite() { hi[i] } else { lo[i] })
+            .collect();
         self.set_down_thresholds(&taus)?;
         Ok(taus)
     }
@@ -1083,11 +1126,14 @@ impl GpuLlama {
         let mut token = Vec::with_capacity(reps);
         for _ in 0..reps {
             let t = Instant::now();
-            self.next.run_and_read(&self.ctx, &calls, self.submissions, 0, 4)?;
+            self.next
+                .run_and_read(&self.ctx, &calls, self.submissions, 0, 4)?;
             token.push(t.elapsed());
         }
         token.sort_unstable();
-        let pass = self.ctx.time_repeated(reps, |p| calls.iter().for_each(|d| d.record(p)))?;
+        let pass = self
+            .ctx
+            .time_repeated(reps, |p| calls.iter().for_each(|d| d.record(p)))?;
         let timestamps = pass.method == membound_gpu::TimingMethod::GpuTimestamps;
         let pass = timestamps.then(|| pass.median());
         let mut kernels: Vec<(OpKind, Duration)> = Vec::new();
@@ -1123,14 +1169,19 @@ impl Decoder for GpuLlama {
         self.start(token, pos)?;
         let calls = self.token_calls(false);
         let n = (self.cfg.vocab_size * 4) as u64;
-        let bytes = self.logits.buffer().run_and_read(&self.ctx, &calls, self.submissions, 0, n)?;
+        let bytes = self
+            .logits
+            .buffer()
+            .run_and_read(&self.ctx, &calls, self.submissions, 0, n)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
         self.start(token, pos)?;
         let calls = self.token_calls(true);
-        let bytes = self.next.run_and_read(&self.ctx, &calls, self.submissions, 0, 4)?;
+        let bytes = self
+            .next
+            .run_and_read(&self.ctx, &calls, self.submissions, 0, 4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 }
@@ -1180,7 +1231,8 @@ mod tests {
         assert!(!glob("layers.0.*", "layers.10.qkv"));
         let mut plan = WeightPlan::uniform("affine:bits=4,group=64");
         plan.classifier = Some("f16".into());
-        plan.overrides.push(("layers.*.w_down".into(), "affine:bits=8,group=64".into()));
+        plan.overrides
+            .push(("layers.*.w_down".into(), "affine:bits=8,group=64".into()));
         assert_eq!(plan.spec_for("classifier"), "f16");
         assert_eq!(plan.spec_for("layers.3.w_down"), "affine:bits=8,group=64");
         assert_eq!(plan.spec_for("layers.3.qkv"), "affine:bits=4,group=64");
