@@ -35,7 +35,8 @@ use crate::progress::LazyBar;
 ///
 /// On a machine without a GPU, Mesa's llvmpipe (a software Vulkan driver)
 /// runs it slowly but correctly; --device cpu uses the f32 CPU decoder
-/// instead (no profile).
+/// instead (no profile). By default (--device auto) the demo uses the GPU
+/// and, when no adapter exists at all, says so and runs on the CPU.
 ///
 /// Examples:
 ///   membound demo
@@ -48,9 +49,10 @@ pub struct Args {
     /// Model file or name.
     #[arg(long, short, default_value = "smollm2")]
     model: String,
-    /// Where to run: gpu or cpu.
-    #[arg(long, default_value = "gpu", value_parser = parse_device)]
-    device: DeviceKind,
+    /// Where to run: auto (the GPU, or the CPU when there is no adapter),
+    /// gpu or cpu.
+    #[arg(long, default_value = "auto", value_parser = parse_device_choice)]
+    device: DeviceChoice,
     /// The compressed weights to compare with dense f16.
     #[arg(long, default_value = "affine:bits=4,group=64", value_name = "SPEC")]
     quant: String,
@@ -75,8 +77,20 @@ pub struct Args {
     json: bool,
 }
 
-fn parse_device(s: &str) -> Result<DeviceKind, String> {
-    s.parse().map_err(|e: membound::Error| e.to_string())
+/// `--device`: a device, or the GPU with a CPU fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceChoice {
+    Auto,
+    Exactly(DeviceKind),
+}
+
+fn parse_device_choice(s: &str) -> Result<DeviceChoice, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(DeviceChoice::Auto);
+    }
+    s.parse()
+        .map(DeviceChoice::Exactly)
+        .map_err(|e: membound::Error| e.to_string())
 }
 
 /// One matrix under one codec.
@@ -165,8 +179,23 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let gpu = match args.device {
-        DeviceKind::Gpu => Some(crate::generate::open_gpu()?),
-        DeviceKind::Cpu => None,
+        DeviceChoice::Exactly(DeviceKind::Gpu) => Some(crate::generate::open_gpu()?),
+        DeviceChoice::Exactly(DeviceKind::Cpu) => None,
+        DeviceChoice::Auto => match membound_gpu::GpuContext::new() {
+            Ok(ctx) => Some(std::sync::Arc::new(ctx)),
+            Err(e @ membound_gpu::GpuError::NoAdapter { .. }) => {
+                say(&format!(
+                    "{e}\nRunning on the CPU reference decoder instead."
+                ));
+                None
+            }
+            Err(e) => return Err(e).context("opening the GPU (or pass --device cpu)"),
+        },
+    };
+    let device = if gpu.is_some() {
+        DeviceKind::Gpu
+    } else {
+        DeviceKind::Cpu
     };
     if let Some(g) = &gpu {
         let a = g.adapter();
@@ -289,7 +318,7 @@ pub fn run(args: Args) -> Result<()> {
     // 2. Generation, dense and 4-bit.
     let context = (args.kl_tokens + 1).max(256).min(cfg.max_seq_len);
     let opts = |plan: &WeightPlan| EngineOptions {
-        device: args.device,
+        device,
         plan: plan.clone(),
         context: Some(context),
         ..Default::default()
@@ -447,7 +476,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         let out = Output {
             model: d_info.model.display().to_string(),
-            device: args.device,
+            device,
             adapter: d_info.adapter.clone(),
             prompt: &args.prompt,
             compression,
@@ -474,7 +503,7 @@ pub fn run(args: Args) -> Result<()> {
             d_info.stored_bytes_per_token as f64 / q_info.stored_bytes_per_token.max(1) as f64;
         let mut line =
             format!("\n{quant_label} stores {ratio:.2}× fewer weight bytes per token than f16");
-        match (args.device, speed(0), speed(1)) {
+        match (device, speed(0), speed(1)) {
             (DeviceKind::Gpu, Some(a), Some(b)) => {
                 line.push_str(&format!(" and decodes {:.2}× as fast here", b / a));
             }

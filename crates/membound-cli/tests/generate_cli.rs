@@ -286,3 +286,32 @@ fn demo_json_on_the_cpu() {
     assert!(v["kl"]["kl"].as_f64().unwrap() > 0.0);
     assert!(v["profile"].as_array().unwrap().is_empty());
 }
+
+/// With no GPU adapter at all (Vulkan pointed at a missing driver), the
+/// demo says so and runs on the CPU instead of failing.
+#[test]
+fn demo_falls_back_to_the_cpu_without_an_adapter() {
+    let Some(model) = llama2xs() else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_membound"))
+        .args([
+            "demo",
+            "--model",
+            model.to_str().unwrap(),
+            "--kl-tokens",
+            "16",
+            "--max-tokens",
+            "4",
+            "--profile-reps",
+            "0",
+            "--json",
+        ])
+        .env("VK_DRIVER_FILES", "/nonexistent")
+        .env("VK_ICD_FILENAMES", "/nonexistent")
+        .env("MEMBOUND_GPU_BACKEND", "vulkan")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["device"], "cpu", "{stderr}");
+}
