@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use half::f16;
 use membound_codec::{AffineCodec, Encoded, Spec, codec_from_spec};
 use membound_gpu::kernels::llama as ops;
+use membound_gpu::wgpu;
 use membound_gpu::{
     AffineGemv, AttentionShape, DenseGemv, Dispatch, GpuBuffer, GpuContext, GpuVector, KvCache,
     KvDType, LutGemv, SparseDType, SparseGemv, StepBuffer, Threshold, WeightDType,
@@ -292,9 +293,8 @@ pub fn prepare(
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         progress(n, total);
     };
-    let enc = |key: String| w.encoded.get(&key);
     let matrix = |role: String, keys: &[String], rows: usize, cols: usize, values: Vec<f32>| {
-        let found: Vec<_> = keys.iter().filter_map(|k| enc(k.clone())).collect();
+        let found: Vec<_> = keys.iter().filter_map(|k| w.encoded.get(k)).collect();
         let m = if found.len() == keys.len() && !keys.is_empty() {
             PreparedMatrix::from_encoded(role.clone(), concat_rows(&role, &found)?)?
         } else {
@@ -361,6 +361,14 @@ pub fn prepare(
     })
 }
 
+/// Bytes a token reads besides the weight matrices: the f32 norm weights
+/// and one embedding row as stored.
+fn side_bytes(cfg: &LlamaConfig, embed_f16: bool) -> u64 {
+    let norms = (cfg.n_layers * 2 + 1) * cfg.dim * 4;
+    let row = cfg.dim * if embed_f16 { 2 } else { 4 };
+    (norms + row) as u64
+}
+
 /// What one matrix is stored as.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct MatrixSummary {
@@ -412,9 +420,7 @@ impl PreparedModel {
     /// embedding row.
     pub fn bytes_per_token(&self) -> u64 {
         let matrices: u64 = self.matrices().iter().map(|m| m.bytes()).sum();
-        let norms = (self.cfg.n_layers * 2 + 1) * self.cfg.dim * 4;
-        let row = self.cfg.dim * if self.embed_f16 { 2 } else { 4 };
-        matrices + (norms + row) as u64
+        matrices + side_bytes(&self.cfg, self.embed_f16)
     }
 
     /// The weights exactly as the GPU will use them (decoded codecs, f16
@@ -925,7 +931,7 @@ impl GpuLlama {
         matrices.push(classifier);
         let weight_bytes = matrices.iter().map(GpuMatrix::weight_bytes).sum::<u64>()
             + sparse_bytes
-            + ((cfg.n_layers * 2 + 1) * d * 4 + d * if embed_f16 { 2 } else { 4 }) as u64;
+            + side_bytes(cfg, embed_f16);
         buffers.extend([xb, qkv, att, y, gate_up, hidden, rope, norm]);
         ctx.check()?;
         Ok(Self {
@@ -1157,8 +1163,6 @@ impl GpuLlama {
         })
     }
 }
-
-use membound_gpu::wgpu;
 
 impl Decoder for GpuLlama {
     fn config(&self) -> &LlamaConfig {
