@@ -10,11 +10,13 @@ use membound::study::weights::{Histogram, SettingSummary};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-fn err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> anyhow::Error + '_ {
+/// Maps a plotting error to one naming the file.
+pub(crate) fn err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> anyhow::Error + '_ {
     move |e| anyhow!("{}: plotting failed: {e}", path.display())
 }
 
-fn color(i: usize) -> RGBColor {
+/// Series colour `i` (cycling).
+pub(crate) fn color(i: usize) -> RGBColor {
     // Okabe–Ito and a few more: distinguishable, colour-blind safe first.
     const C: [(u8, u8, u8); 12] = [
         (0, 114, 178),

@@ -4,29 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use membound::sparsity::quality::QualityPoint;
 use membound::sparsity::{ActivationStats, HIST_BINS, HIST_BINS_PER_DECADE, SiteRecord};
 use plotters::prelude::*;
 
-fn err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> anyhow::Error + '_ {
-    move |e| anyhow!("{}: plotting failed: {e}", path.display())
-}
-
-fn color(i: usize) -> RGBColor {
-    const C: [(u8, u8, u8); 8] = [
-        (0, 114, 178),
-        (230, 159, 0),
-        (0, 158, 115),
-        (213, 94, 0),
-        (204, 121, 167),
-        (86, 180, 233),
-        (189, 172, 0),
-        (128, 128, 128),
-    ];
-    let (r, g, b) = C[i % C.len()];
-    RGBColor(r, g, b)
-}
+use crate::plot::{color, err};
 
 /// Share of values per quarter-decade of |x|, one line per site (summed
 /// over layers); the legend gives each site's exact-zero share, which the
