@@ -33,6 +33,12 @@
 // or a tree in workgroup memory. Values of x past `cols` are masked to zero
 // in the last (partial) unit, so the padding codes (zero, i.e. weight b)
 // contribute nothing.
+//
+// Fusions, as in gemv_dense.wgsl (see there): NORM (RMSNorm of x with scale
+// `norm_w`, the sum of squares taken from the x each unit loads anyway),
+// ACCUM (y += W·x) and GLU (rows [0, rows/2) gate, [rows/2, rows) up; a
+// workgroup takes ROWS/2 gate rows and their up rows and writes
+// silu(gate)·up).
 
 struct Params {
     // Rows in this block (at least 1).
@@ -67,6 +73,11 @@ override BITS: u32 = 4u;
 override GROUP: u32 = 64u;
 // Storage of scales and biases: 0 = f16 pair, 1 = bf16 pair, 2 = two f32.
 override SCALE_KIND: u32 = 0u;
+// The fusions above.
+override NORM: bool = false;
+override EPS: f32 = 1e-5;
+override ACCUM: bool = false;
+override GLU: bool = false;
 
 // 2^23 as f32 bits, and as f32.
 const MAGIC_BITS: u32 = 0x4B000000u;
@@ -77,10 +88,14 @@ const MAGIC: f32 = 8388608.0;
 @group(0) @binding(2) var<storage, read> scale_bias: array<u32>;
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// NORM's per-input scale g (bound, never read, without NORM).
+@group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;
 
 // Partial sums of rows 0-3 and 4-7 of the workgroup.
 var<workgroup> partial_lo: array<vec4<f32>, WG>;
 var<workgroup> partial_hi: array<vec4<f32>, WG>;
+// NORM: the threads' sums of squares of x.
+var<workgroup> partial_ss: array<f32, WG>;
 
 // Words per unit.
 fn unit_words() -> u32 {
@@ -109,6 +124,8 @@ struct XUnit {
     v6: vec4<f32>,
     v7: vec4<f32>,
     sum: f32,
+    // NORM: the sum of squares of the unit's x (before the scale g).
+    ss: f32,
 }
 
 // x[4i .. 4i+4]; in the last unit, entries at or past `cols` are zero and
@@ -120,6 +137,21 @@ fn load_x(i: u32, masked: bool) -> vec4<f32> {
         return select(vec4<f32>(0.0), x[min(i, last)], index < vec4<u32>(params.cols));
     }
     return x[i];
+}
+
+// x[4i .. 4i+4] as the rows need it: with NORM, times g, and its squares
+// (before g) added to *ss.
+fn input(i: u32, masked: bool, ss: ptr<function, f32>) -> vec4<f32> {
+    let v = load_x(i, masked);
+    if NORM {
+        *ss += dot(v, v);
+        var j = i;
+        if masked {
+            j = min(i, (params.cols - 1u) / 4u);
+        }
+        return v * norm_w[j];
+    }
+    return v;
 }
 
 // Powers of two for the field offsets of each code of a unit, four codes at
@@ -174,26 +206,27 @@ fn prescale(j: u32) -> vec4<f32> {
 fn load_unit_x(i0: u32, masked: bool) -> XUnit {
     var p: XUnit;
     let n = unit_codes() / 4u;
-    let a0 = load_x(i0, masked);
+    var ss = 0.0;
+    let a0 = input(i0, masked, &ss);
     var s = a0;
     p.v0 = a0 * prescale(0u);
     if n > 1u {
-        let a1 = load_x(i0 + 1u, masked);
+        let a1 = input(i0 + 1u, masked, &ss);
         s += a1;
         p.v1 = a1 * prescale(1u);
     }
     if n > 2u {
-        let a2 = load_x(i0 + 2u, masked);
-        let a3 = load_x(i0 + 3u, masked);
+        let a2 = input(i0 + 2u, masked, &ss);
+        let a3 = input(i0 + 3u, masked, &ss);
         s += a2 + a3;
         p.v2 = a2 * prescale(2u);
         p.v3 = a3 * prescale(3u);
     }
     if n > 4u {
-        let a4 = load_x(i0 + 4u, masked);
-        let a5 = load_x(i0 + 5u, masked);
-        let a6 = load_x(i0 + 6u, masked);
-        let a7 = load_x(i0 + 7u, masked);
+        let a4 = input(i0 + 4u, masked, &ss);
+        let a5 = input(i0 + 5u, masked, &ss);
+        let a6 = input(i0 + 6u, masked, &ss);
+        let a7 = input(i0 + 7u, masked, &ss);
         s += (a4 + a5) + (a6 + a7);
         p.v4 = a4 * prescale(4u);
         p.v5 = a5 * prescale(5u);
@@ -201,6 +234,7 @@ fn load_unit_x(i0: u32, masked: bool) -> XUnit {
         p.v7 = a7 * prescale(7u);
     }
     p.sum = dot(s, vec4<f32>(1.0));
+    p.ss = ss;
     return p;
 }
 
@@ -328,11 +362,21 @@ struct Rows {
     sb_hi: vec4<u32>,
 }
 
+// With GLU, the first ROWS/2 are gate rows and the rest the matching up
+// rows.
+fn row_index(block: u32, k: u32) -> u32 {
+    if GLU {
+        let h = ROWS / 2u;
+        let half = params.rows / 2u;
+        let g = min(block * h + k % h, half - 1u);
+        return select(g, half + g, k >= h);
+    }
+    return min(block * ROWS + k, params.rows - 1u);
+}
+
 fn block_rows(block: u32) -> Rows {
-    let row0 = block * ROWS;
-    let last = vec4<u32>(params.rows - 1u);
-    let lo = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), last);
-    let hi = min(vec4<u32>(row0) + vec4<u32>(4u, 5u, 6u, 7u), last);
+    let lo = vec4<u32>(row_index(block, 0u), row_index(block, 1u), row_index(block, 2u), row_index(block, 3u));
+    let hi = vec4<u32>(row_index(block, 4u), row_index(block, 5u), row_index(block, 6u), row_index(block, 7u));
     return Rows(lo * params.stride, hi * params.stride, lo * params.group_stride, hi * params.group_stride);
 }
 
@@ -381,6 +425,8 @@ fn fold(sb: vec4<u32>, g: u32, d: vec4<f32>, sum: f32) -> vec4<f32> {
 struct Acc {
     lo: vec4<f32>,
     hi: vec4<f32>,
+    // NORM: sum of squares of x.
+    ss: f32,
 }
 
 // The rows' contributions of unit u, whose words are w.
@@ -395,6 +441,7 @@ fn unit_sums(r: Rows, w: Words, u: u32, masked: bool) -> Acc {
         let dhi = vec4<f32>(unit_dot(w.r4, p), unit_dot(w.r5, p), unit_dot(w.r6, p), unit_dot(w.r7, p));
         acc.hi = fold(r.sb_hi, g, dhi, p.sum);
     }
+    acc.ss = p.ss;
     return acc;
 }
 
@@ -414,6 +461,7 @@ fn partial_sums(block: u32, lid: u32) -> Acc {
             let a = unit_sums(r, w, u, false);
             acc.lo += a.lo;
             acc.hi += a.hi;
+            acc.ss += a.ss;
             u = next;
             if !more {
                 break;
@@ -425,16 +473,42 @@ fn partial_sums(block: u32, lid: u32) -> Acc {
         let a = unit_sums(r, unit_words_of(r, u), u, true);
         acc.lo += a.lo;
         acc.hi += a.hi;
+        acc.ss += a.ss;
     }
     return acc;
 }
 
-// Thread `lid` < ROWS writes row `lid` of the workgroup.
+// Row k of the workgroup's totals.
+fn lane(total: Acc, k: u32) -> f32 {
+    let t = select(total.lo, total.hi, k >= 4u);
+    return t[k & 3u];
+}
+
+// Thread `lid` < ROWS writes row `lid` of the workgroup (with GLU, threads
+// below ROWS/2 write the workgroup's SwiGLU outputs).
 fn store(block: u32, lid: u32, total: Acc) {
+    var scale = 1.0;
+    if NORM {
+        scale = inverseSqrt(total.ss / f32(params.cols) + EPS);
+    }
+    if GLU {
+        let h = ROWS / 2u;
+        let r = block * h + lid;
+        if lid < h && r < params.rows / 2u {
+            let g = lane(total, lid) * scale;
+            y[params.row_offset + r] = g / (1.0 + exp(-g)) * (lane(total, lid + h) * scale);
+        }
+        return;
+    }
     let row = block * ROWS + lid;
     if lid < ROWS && row < params.rows {
-        let t = select(total.lo, total.hi, lid >= 4u);
-        y[params.row_offset + row] = t[lid & 3u];
+        let i = params.row_offset + row;
+        let t = lane(total, lid) * scale;
+        if ACCUM {
+            y[i] = y[i] + t;
+        } else {
+            y[i] = t;
+        }
     }
 }
 
@@ -447,6 +521,7 @@ fn block_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn reduce_tree(lid: u32, acc: Acc) -> Acc {
     partial_lo[lid] = acc.lo;
     partial_hi[lid] = acc.hi;
+    partial_ss[lid] = acc.ss;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if lid < s {
@@ -454,10 +529,13 @@ fn reduce_tree(lid: u32, acc: Acc) -> Acc {
             if ROWS == 8u {
                 partial_hi[lid] += partial_hi[lid + s];
             }
+            if NORM {
+                partial_ss[lid] += partial_ss[lid + s];
+            }
         }
         workgroupBarrier();
     }
-    return Acc(partial_lo[0], partial_hi[0]);
+    return Acc(partial_lo[0], partial_hi[0], partial_ss[0]);
 }
 
 // Subgroup reduction: subgroupAdd, then the subgroups' sums through
@@ -468,9 +546,14 @@ fn reduce_subgroup(lid: u32, acc: Acc, sg_lane: u32, sg_id: u32, sg_count: u32) 
     if ROWS == 8u {
         hi = subgroupAdd(acc.hi);
     }
+    var ss = 0.0;
+    if NORM {
+        ss = subgroupAdd(acc.ss);
+    }
     if sg_lane == 0u {
         partial_lo[sg_id] = lo;
         partial_hi[sg_id] = hi;
+        partial_ss[sg_id] = ss;
     }
     workgroupBarrier();
     var total: Acc;
@@ -478,6 +561,7 @@ fn reduce_subgroup(lid: u32, acc: Acc, sg_lane: u32, sg_id: u32, sg_count: u32) 
         for (var i = 0u; i < sg_count; i++) {
             total.lo += partial_lo[i];
             total.hi += partial_hi[i];
+            total.ss += partial_ss[i];
         }
     }
     return total;

@@ -11,6 +11,7 @@ use crate::buffer::{GpuBuffer, GpuVector};
 use crate::context::GpuContext;
 use crate::dispatch::{Dispatch, Workgroups};
 use crate::error::{GpuError, Result};
+use crate::kernels::Fusion;
 use crate::kernels::fill::{Fill, fill_buffer};
 use crate::pipeline::{Binding, Pipeline, PipelineSpec};
 use crate::shaders::GEMV_AFFINE;
@@ -34,6 +35,7 @@ const BINDINGS: &[Binding] = &[
     Binding::Storage,
     Binding::Storage,
     Binding::StorageReadWrite,
+    Binding::Storage,
 ];
 
 /// How rows of packed codes are laid out for the quantized kernels: MLX's
@@ -374,7 +376,7 @@ pub struct AffineGemv {
 
 /// Workgroup memory of the affine kernel: two vec4 partial sums a thread.
 fn affine_shared_bytes(wg: u32) -> u32 {
-    wg * 32
+    wg * 36
 }
 
 impl AffineGemv {
@@ -500,7 +502,7 @@ impl AffineGemv {
         }
         let rows_per_block = rows_per_block(ctx, name, &what, rows, &layout, &[sb_row_bytes])?;
         let launch = Self::default_launch(ctx, codec.bits, cols);
-        let pipeline = Self::pipeline(ctx, codec, launch)?;
+        let pipeline = Self::pipeline(ctx, codec, launch, Fusion::default())?;
 
         let mut gemv = Self {
             name: name.to_owned(),
@@ -590,7 +592,13 @@ impl AffineGemv {
         )
     }
 
-    fn pipeline(ctx: &GpuContext, codec: &AffineCodec, launch: Launch) -> Result<Arc<Pipeline>> {
+    fn pipeline(
+        ctx: &GpuContext,
+        codec: &AffineCodec,
+        launch: Launch,
+        fusion: Fusion,
+    ) -> Result<Arc<Pipeline>> {
+        let [norm, eps, accum, glu] = fusion.constants();
         let scale_kind = match codec.scale {
             ScaleDType::F16 => 0.0,
             ScaleDType::BF16 => 1.0,
@@ -616,6 +624,10 @@ impl AffineGemv {
                 ("BITS", f64::from(codec.bits)),
                 ("GROUP", group),
                 ("SCALE_KIND", scale_kind),
+                norm,
+                eps,
+                accum,
+                glu,
             ],
             bindings: BINDINGS,
         })
@@ -635,7 +647,7 @@ impl AffineGemv {
             affine_shared_bytes(wg),
         )?;
         check_unit(&what, &self.layout, launch.unit_words)?;
-        self.pipeline = Self::pipeline(ctx, &self.codec, launch)?;
+        self.pipeline = Self::pipeline(ctx, &self.codec, launch, Fusion::default())?;
         for i in 0..self.blocks.len() {
             let (first, rows) = (self.blocks[i].first, self.blocks[i].rows);
             self.blocks[i].params = self.params(ctx, first, rows, launch.unit_words)?;
@@ -648,11 +660,32 @@ impl AffineGemv {
     /// (at least `rows` values). Build it once and record it as often as
     /// wanted.
     pub fn bind(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector) -> Result<Dispatch> {
+        self.bind_fused(ctx, x, None, y, Fusion::default())
+    }
+
+    /// [`AffineGemv::bind`] with `fusion` done in the same dispatch (see
+    /// [`Fusion`]; `norm_w` is the RMSNorm scale, at least `cols` values).
+    pub fn bind_fused(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        norm_w: Option<&GpuVector>,
+        y: &GpuVector,
+        fusion: Fusion,
+    ) -> Result<Dispatch> {
         let what = format!("affine GEMV `{}`", self.name);
-        check_vectors(&what, self.rows, self.cols, x, y)?;
+        let out = if fusion.swiglu { 0 } else { self.rows };
+        check_vectors(&what, out, self.cols, x, y)?;
+        let g = fusion.check(&what, self.rows, self.cols, self.blocks.len(), x, norm_w, y)?;
+        let pipeline = if fusion == Fusion::default() {
+            Arc::clone(&self.pipeline)
+        } else {
+            Self::pipeline(ctx, &self.codec, self.launch, fusion)?
+        };
+        let rows_per_wg = self.launch.rows_per_workgroup;
         let mut dispatch = Dispatch::new();
         for block in &self.blocks {
-            let bind_group = self.pipeline.bind(
+            let bind_group = pipeline.bind(
                 ctx,
                 &[
                     &block.params,
@@ -660,15 +693,17 @@ impl AffineGemv {
                     &block.scale_bias,
                     x.buffer(),
                     y.buffer(),
+                    g.buffer(),
                 ],
             )?;
-            let workgroups = block.rows.div_ceil(self.launch.rows_per_workgroup) as u32;
+            // With SwiGLU a workgroup takes half its rows from each half.
+            let workgroups = if fusion.swiglu {
+                (block.rows / 2).div_ceil(rows_per_wg / 2)
+            } else {
+                block.rows.div_ceil(rows_per_wg)
+            } as u32;
             let grid = ctx.grid_1d(&what, workgroups)?;
-            dispatch.push(
-                Arc::clone(&self.pipeline),
-                bind_group,
-                Workgroups::Direct(grid),
-            );
+            dispatch.push(Arc::clone(&pipeline), bind_group, Workgroups::Direct(grid));
         }
         Ok(dispatch)
     }
