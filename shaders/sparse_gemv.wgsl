@@ -73,6 +73,9 @@ override TPC: u32 = 16u;
 // partial sums (two vec4 per thread) share one workgroup array of this many
 // 8-byte slots, which keeps workgroup memory at 9 KB for 256 threads.
 override LMAX: u32 = 4u * WG;
+// With one K-chunk (out is y): y += W·x, a residual add, instead of y = W·x.
+// (With several, sparse_reduce.wgsl's ACCUM does it.)
+override ACCUM: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 // x: the magnitude bits of tau.
@@ -370,12 +373,15 @@ fn store(lid: u32, wid: vec3<u32>, acc: Acc8) {
         let sb = red_load(2u * lid + 1u);
         let row = (wid.x * TPC + lid) * 8u;
         let base = wid.y * params.rows;
+        let add = ACCUM && params.chunks == 1u;
         for (var k = 0u; k < 4u; k++) {
             if row + k < params.rows {
-                out[base + row + k] = sa[k];
+                let i = base + row + k;
+                out[i] = select(sa[k], out[i] + sa[k], add);
             }
             if row + 4u + k < params.rows {
-                out[base + row + 4u + k] = sb[k];
+                let i = base + row + 4u + k;
+                out[i] = select(sb[k], out[i] + sb[k], add);
             }
         }
     }

@@ -18,6 +18,8 @@ struct Params {
 }
 
 override WG: u32 = 256u;
+// y[r] += the sum (a residual add) instead of y[r] = the sum.
+override ACCUM: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> partials: array<f32>;
@@ -48,7 +50,11 @@ fn add_rows(r: u32) {
     for (; c < chunks; c++) {
         sum += partials[c * rows + r];
     }
-    y[r] = sum;
+    if ACCUM {
+        y[r] = y[r] + sum;
+    } else {
+        y[r] = sum;
+    }
 }
 
 // Copies chunk w's list after the earlier chunks' (w uniform).

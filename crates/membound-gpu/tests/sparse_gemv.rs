@@ -521,3 +521,47 @@ fn bad_inputs_are_clear_errors() {
     gemv.run(&ctx, &x, f32::INFINITY, &y).unwrap();
     ctx.check().unwrap();
 }
+
+/// `bind_accumulate` adds to y, with one input chunk (the first stage
+/// writes y) and with several (the reduction does): small integers, so
+/// exactly `y0 + W·x`.
+#[test]
+fn accumulate_adds_to_the_output_exactly() {
+    for &(set, disable) in FEATURE_SETS {
+        let Some(ctx) = context(disable) else { return };
+        let mut rng = Rng::new(9);
+        let (rows, cols) = (70, 3000);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.int(3)).collect();
+        let x: Vec<f32> = (0..cols).map(|_| rng.int(2)).collect();
+        let y0: Vec<f32> = (0..rows).map(|_| rng.int(100)).collect();
+        let active = active_indices(&x, 0.0);
+        let r = Reference::new(&w, rows, cols, SparseDType::F16);
+        let want: Vec<f32> = r
+            .sparse_gemv(&x, &active)
+            .iter()
+            .zip(&y0)
+            .map(|(a, b)| a + b)
+            .collect();
+        let base = r.upload(&ctx);
+        let mut chunk_counts = Vec::new();
+        for target_workgroups in [1, 100_000] {
+            let tuning = SparseTuning {
+                threads_per_column: 16,
+                target_workgroups,
+            };
+            let gemv = base.with_tuning(&ctx, tuning).unwrap();
+            chunk_counts.push(gemv.chunks());
+            let xv = GpuVector::from_slice(&ctx, "x", &x).unwrap();
+            let yv = GpuVector::from_slice(&ctx, "y", &y0).unwrap();
+            let tau = Threshold::new(&ctx, "τ", 0.0).unwrap();
+            let d = gemv.bind_accumulate(&ctx, &xv, &tau, &yv).unwrap();
+            ctx.submit(&[&d]).unwrap();
+            let got = yv.read(&ctx).unwrap();
+            assert_eq!(got, want, "{set} {} chunks", gemv.chunks());
+        }
+        assert!(
+            chunk_counts.contains(&1) && chunk_counts.iter().any(|c| *c > 1),
+            "{chunk_counts:?}"
+        );
+    }
+}

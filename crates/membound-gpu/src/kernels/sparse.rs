@@ -525,6 +525,22 @@ impl SparseGemv {
         Ok(first)
     }
 
+    /// Like [`SparseGemv::bind_threshold`], adding the product to `y`
+    /// (`y += W·x`, a residual add) instead of storing it.
+    pub fn bind_accumulate(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        tau: &Threshold,
+        y: &GpuVector,
+    ) -> Result<Dispatch> {
+        let (mut first, second) = self.bind_stages_with(ctx, x, tau, y, true)?;
+        if let Some(second) = second {
+            first.extend(second);
+        }
+        Ok(first)
+    }
+
     /// The two stages of [`SparseGemv::bind_threshold`] apart: the masked,
     /// compacted mat-vec, and (with several input chunks) the addition of
     /// the chunks' partial sums, which must follow it. For timing stages,
@@ -535,6 +551,17 @@ impl SparseGemv {
         x: &GpuVector,
         tau: &Threshold,
         y: &GpuVector,
+    ) -> Result<(Dispatch, Option<Dispatch>)> {
+        self.bind_stages_with(ctx, x, tau, y, false)
+    }
+
+    fn bind_stages_with(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        tau: &Threshold,
+        y: &GpuVector,
+        accumulate: bool,
     ) -> Result<(Dispatch, Option<Dispatch>)> {
         let what = || format!("sparse GEMV `{}`", self.name);
         if x.len() < self.cols {
@@ -585,16 +612,28 @@ impl SparseGemv {
         if let Some(scales) = &self.scales {
             buffers.push(scales);
         }
+        // With one chunk the first stage writes y (and adds to it); with
+        // several, the second does.
+        let pipeline = if accumulate && s.split.is_none() {
+            gemv_pipeline(ctx, self.dtype, self.plan.wg, self.plan.tpc, true)?
+        } else {
+            Arc::clone(&self.pipeline)
+        };
         let mut first = Dispatch::new();
-        let bind_group = self.pipeline.bind(ctx, &buffers)?;
+        let bind_group = pipeline.bind(ctx, &buffers)?;
         first.push(
-            Arc::clone(&self.pipeline),
+            pipeline,
             bind_group,
             Workgroups::Direct([self.plan.row_tiles, self.plan.chunks, 1]),
         );
         let mut second = None;
         if let Some(split) = &s.split {
-            let bind_group = split.pipeline.bind(
+            let reduce = if accumulate {
+                reduce_pipeline(ctx, self.plan.wg, true)?
+            } else {
+                Arc::clone(&split.pipeline)
+            };
+            let bind_group = reduce.bind(
                 ctx,
                 &[
                     &split.params,
@@ -608,11 +647,7 @@ impl SparseGemv {
             let groups = (self.rows.div_ceil(self.plan.wg as usize) as u32).max(self.plan.chunks);
             let grid = ctx.grid_1d(&what(), groups)?;
             let mut dispatch = Dispatch::new();
-            dispatch.push(
-                Arc::clone(&split.pipeline),
-                bind_group,
-                Workgroups::Direct(grid),
-            );
+            dispatch.push(reduce, bind_group, Workgroups::Direct(grid));
             second = Some(dispatch);
         }
         Ok((first, second))
@@ -850,7 +885,7 @@ fn prepare(
         groups,
     } = *shape;
     let plan = plan(ctx, name, rows, cols, stride, tuning)?;
-    let pipeline = gemv_pipeline(ctx, dtype, plan.wg, plan.tpc)?;
+    let pipeline = gemv_pipeline(ctx, dtype, plan.wg, plan.tpc, false)?;
     let group_shift = match dtype {
         SparseDType::F16 => 0,
         SparseDType::Affine4 { group } => (group / UNIT_ROWS).ilog2(),
@@ -909,12 +944,7 @@ fn prepare(
             bytemuck::bytes_of(&reduce),
             wgpu::BufferUsages::UNIFORM,
         )?;
-        let pipeline = ctx.pipeline(&PipelineSpec {
-            shader: SPARSE_REDUCE,
-            entry: "sparse_reduce",
-            constants: &[("WG", f64::from(plan.wg))],
-            bindings: REDUCE_BINDINGS,
-        })?;
+        let pipeline = reduce_pipeline(ctx, plan.wg, false)?;
         Some(Split {
             partials,
             lists,
@@ -933,7 +963,25 @@ fn prepare(
     Ok((plan, pipeline, scratch))
 }
 
-fn gemv_pipeline(ctx: &GpuContext, dtype: SparseDType, wg: u32, tpc: u32) -> Result<Arc<Pipeline>> {
+fn reduce_pipeline(ctx: &GpuContext, wg: u32, accumulate: bool) -> Result<Arc<Pipeline>> {
+    ctx.pipeline(&PipelineSpec {
+        shader: SPARSE_REDUCE,
+        entry: "sparse_reduce",
+        constants: &[
+            ("WG", f64::from(wg)),
+            ("ACCUM", f64::from(u8::from(accumulate))),
+        ],
+        bindings: REDUCE_BINDINGS,
+    })
+}
+
+fn gemv_pipeline(
+    ctx: &GpuContext,
+    dtype: SparseDType,
+    wg: u32,
+    tpc: u32,
+    accumulate: bool,
+) -> Result<Arc<Pipeline>> {
     let subgroups = ctx.features().subgroups;
     let (entry, bindings) = match (dtype, subgroups) {
         (SparseDType::F16, false) => ("sparse_f16", GEMV_BINDINGS_F16),
@@ -944,7 +992,11 @@ fn gemv_pipeline(ctx: &GpuContext, dtype: SparseDType, wg: u32, tpc: u32) -> Res
     ctx.pipeline(&PipelineSpec {
         shader: SPARSE_GEMV,
         entry,
-        constants: &[("WG", f64::from(wg)), ("TPC", f64::from(tpc))],
+        constants: &[
+            ("WG", f64::from(wg)),
+            ("TPC", f64::from(tpc)),
+            ("ACCUM", f64::from(u8::from(accumulate))),
+        ],
         bindings,
     })
 }
