@@ -60,6 +60,7 @@ fn compare(
     w: &LlamaWeights,
     spec: &str,
     steps: usize,
+    fuse: bool,
 ) -> Vec<u32> {
     let prepared = prepare(cfg, w, &WeightPlan::uniform(spec), &|_, _| {}).unwrap();
     let mut cpu = CpuLlama::new(cfg.clone(), prepared.decoded_weights().unwrap());
@@ -73,9 +74,22 @@ fn compare(
             kv_cache: Default::default(),
             // Split attention from position 8: both paths meet the CPU.
             split_attention_from: 8,
+            fuse,
         },
     )
     .unwrap();
+    // Fused: q/k/v (norm in), attention, o (+ residual), gate/up (norm in,
+    // SwiGLU out), down (+ residual) a block; then the classifier (final
+    // norm in) and the two-stage argmax. Codecs without fused kernels (the
+    // LUT ones) run unfused: 3 more a block, and the final norm.
+    let lut = spec.starts_with("nf4") || spec.starts_with("kmeans");
+    let per_block = if fuse && !lut { 5 } else { 8 };
+    let tail = if fuse && !lut { 3 } else { 4 };
+    assert_eq!(
+        gpu.dispatches_per_token(),
+        per_block * cfg.n_layers + tail,
+        "{spec} fuse={fuse}"
+    );
     let mut tok = 1;
     let mut worst = 0f32;
     let mut tokens = Vec::new();
@@ -112,8 +126,10 @@ fn llama2xs_f32_matches_cpu_and_known_tokens() {
     };
     let Some(ctx) = gpu() else { return };
     let (cfg, w) = load(&path);
-    let tokens = compare(&ctx, &cfg, &w, "f32", LLAMA2XS_GREEDY.len());
-    assert_eq!(tokens, LLAMA2XS_GREEDY);
+    for fuse in [true, false] {
+        let tokens = compare(&ctx, &cfg, &w, "f32", LLAMA2XS_GREEDY.len(), fuse);
+        assert_eq!(tokens, LLAMA2XS_GREEDY, "fuse={fuse}");
+    }
 }
 
 #[test]
@@ -132,7 +148,7 @@ fn llama2xs_quantized_match_cpu_with_same_weights() {
         "nf4",
         "kmeans:bits=4",
     ] {
-        compare(&ctx, &cfg, &w, spec, 12);
+        compare(&ctx, &cfg, &w, spec, 12, true);
     }
 }
 
@@ -143,7 +159,7 @@ fn babyllama_matches_cpu() {
     };
     let Some(ctx) = gpu() else { return };
     let (cfg, w) = load(&path);
-    compare(&ctx, &cfg, &w, "f32", 16);
+    compare(&ctx, &cfg, &w, "f32", 16, true);
 }
 
 /// SmolLM2 greedy from `<|im_start|>` (id 1): the token ids of the
@@ -156,9 +172,9 @@ fn smollm2_matches_cpu_and_known_tokens() {
     let Some(ctx) = gpu() else { return };
     let (cfg, w) = load(&path);
     let want = [29, 1195, 29, 6693, 29, 271];
-    let tokens = compare(&ctx, &cfg, &w, "f32", want.len());
+    let tokens = compare(&ctx, &cfg, &w, "f32", want.len(), true);
     assert_eq!(tokens, want);
-    compare(&ctx, &cfg, &w, "affine:bits=4,group=64", 3);
+    compare(&ctx, &cfg, &w, "affine:bits=4,group=64", 3, true);
 }
 
 #[test]

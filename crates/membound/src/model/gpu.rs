@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use half::f16;
 use membound_codec::{AffineCodec, Encoded, Spec, codec_from_spec};
+use membound_gpu::kernels::Fusion;
 use membound_gpu::kernels::llama as ops;
 use membound_gpu::wgpu;
 use membound_gpu::{
@@ -487,6 +488,32 @@ impl GpuMatrix {
         })
     }
 
+    /// Binds with `fusion`; `None` where the kernel has no fusion (LUT
+    /// codecs) or the matrix cannot take it (SwiGLU over several blocks).
+    fn bind_fused(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        norm_w: Option<&GpuVector>,
+        y: &GpuVector,
+        fusion: Fusion,
+    ) -> Result<Dispatch> {
+        Ok(match self {
+            Self::Dense(m) => m.bind_fused(ctx, x, norm_w, y, fusion)?,
+            Self::Affine(m) => m.bind_fused(ctx, x, norm_w, y, fusion)?,
+            Self::Lut(_) => unreachable!("checked by can_fuse"),
+        })
+    }
+
+    /// Whether [`GpuMatrix::bind_fused`] takes every fusion here.
+    fn can_fuse(&self) -> bool {
+        match self {
+            Self::Dense(m) => m.blocks() == 1,
+            Self::Affine(m) => m.blocks() == 1,
+            Self::Lut(_) => false,
+        }
+    }
+
     fn weight_bytes(&self) -> u64 {
         match self {
             Self::Dense(m) => m.weight_bytes(),
@@ -521,6 +548,11 @@ pub struct GpuLlamaOptions {
     /// Command submissions per token (at least 1). With more than one, the
     /// GPU starts on the first layers while the host records the rest.
     pub submissions: usize,
+    /// Fuse RMSNorm into the GEMV after it, the residual adds into the o
+    /// and down GEMVs, and SwiGLU into the gate/up GEMV: 5 dispatches a
+    /// block instead of 8 (on by default; dense and affine weights; other
+    /// codecs run unfused).
+    pub fuse: bool,
 }
 
 impl Default for GpuLlamaOptions {
@@ -531,6 +563,7 @@ impl Default for GpuLlamaOptions {
             split_attention_from: LONG_CONTEXT,
             context: None,
             submissions: 1,
+            fuse: true,
         }
     }
 }
@@ -879,15 +912,48 @@ impl GpuLlama {
         let mut sparse = Vec::new();
         let mut sparse_bytes = 0;
         let mut long_attention = Vec::new();
+        // Fused: 5 dispatches a block. The residual stream x is read with
+        // the norm folded into the q/k/v and gate/up GEMVs, and the o and
+        // down GEMVs add into it.
+        let fuse = opts.fuse
+            && classifier.can_fuse()
+            && layers.iter().all(|l| {
+                l.qkv.can_fuse()
+                    && l.wo.can_fuse()
+                    && l.gate_up.can_fuse()
+                    && match &l.down {
+                        Down::Dense(m) => m.can_fuse(),
+                        Down::Sparse(_) => true,
+                    }
+            });
+        let normed = Fusion {
+            rms_norm_eps: Some(eps),
+            ..Fusion::default()
+        };
+        let add = Fusion {
+            accumulate: true,
+            ..Fusion::default()
+        };
+        let glu = Fusion {
+            swiglu: true,
+            ..normed
+        };
         for (i, l) in layers.into_iter().enumerate() {
             let cache = KvCache::new(c, i, &shape)?;
-            let norm_in = if i == 0 {
-                ops::rms_norm(c, &x, &l.attn_norm, eps, &xb)?
+            if fuse {
+                calls.push((
+                    OpKind::Gemv,
+                    l.qkv.bind_fused(c, &x, Some(&l.attn_norm), &qkv, normed)?,
+                ));
             } else {
-                ops::add_rms_norm(c, &x, &y, &l.attn_norm, eps, &xb)?
-            };
-            calls.push((OpKind::Elementwise, norm_in));
-            calls.push((OpKind::Gemv, l.qkv.bind(c, &xb, &qkv)?));
+                let norm_in = if i == 0 {
+                    ops::rms_norm(c, &x, &l.attn_norm, eps, &xb)?
+                } else {
+                    ops::add_rms_norm(c, &x, &y, &l.attn_norm, eps, &xb)?
+                };
+                calls.push((OpKind::Elementwise, norm_in));
+                calls.push((OpKind::Gemv, l.qkv.bind(c, &xb, &qkv)?));
+            }
             calls.push((
                 OpKind::Attention,
                 ops::attention(c, &shape, &step, &qkv, l.bias.as_ref(), &rope, &cache, &att)?,
@@ -896,21 +962,41 @@ impl GpuLlama {
                 let d = ops::attention(c, ls, &step, &qkv, l.bias.as_ref(), &rope, &cache, &att)?;
                 long_attention.push((calls.len() - 1, d));
             }
-            calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
-            calls.push((
-                OpKind::Elementwise,
-                ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?,
-            ));
-            calls.push((OpKind::Gemv, l.gate_up.bind(c, &xb, &gate_up)?));
-            calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
+            if fuse {
+                calls.push((OpKind::Gemv, l.wo.bind_fused(c, &att, None, &x, add)?));
+                calls.push((
+                    OpKind::Gemv,
+                    l.gate_up.bind_fused(c, &x, Some(&l.ffn_norm), &hidden, glu)?,
+                ));
+            } else {
+                calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
+                calls.push((
+                    OpKind::Elementwise,
+                    ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?,
+                ));
+                calls.push((OpKind::Gemv, l.gate_up.bind(c, &xb, &gate_up)?));
+                calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
+            }
+            // Fused, the down projection adds into the residual stream.
+            let down_out = if fuse { &x } else { &y };
             match l.down {
                 Down::Dense(m) => {
-                    calls.push((OpKind::Down, m.bind(c, &hidden, &y)?));
+                    let d = if fuse {
+                        m.bind_fused(c, &hidden, None, &x, add)?
+                    } else {
+                        m.bind(c, &hidden, &y)?
+                    };
+                    calls.push((OpKind::Down, d));
                     matrices.push(m);
                 }
                 Down::Sparse(m) => {
                     let tau = Threshold::new(c, &format!("layer {i} down τ"), 0.0)?;
-                    calls.push((OpKind::SparseDown, m.bind_threshold(c, &hidden, &tau, &y)?));
+                    let d = if fuse {
+                        m.bind_accumulate(c, &hidden, &tau, down_out)?
+                    } else {
+                        m.bind_threshold(c, &hidden, &tau, down_out)?
+                    };
+                    calls.push((OpKind::SparseDown, d));
                     sparse_bytes += m.weight_bytes();
                     sparse.push((*m, tau));
                 }
@@ -920,13 +1006,20 @@ impl GpuLlama {
             buffers.extend([l.attn_norm, l.ffn_norm]);
             buffers.extend(l.bias);
         }
-        let final_norm = if caches.is_empty() {
-            ops::rms_norm(c, &x, &norm, eps, &xb)?
+        if fuse {
+            calls.push((
+                OpKind::Gemv,
+                classifier.bind_fused(c, &x, Some(&norm), &logits, normed)?,
+            ));
         } else {
-            ops::add_rms_norm(c, &x, &y, &norm, eps, &xb)?
-        };
-        calls.push((OpKind::Elementwise, final_norm));
-        calls.push((OpKind::Gemv, classifier.bind(c, &xb, &logits)?));
+            let final_norm = if caches.is_empty() {
+                ops::rms_norm(c, &x, &norm, eps, &xb)?
+            } else {
+                ops::add_rms_norm(c, &x, &y, &norm, eps, &xb)?
+            };
+            calls.push((OpKind::Elementwise, final_norm));
+            calls.push((OpKind::Gemv, classifier.bind(c, &xb, &logits)?));
+        }
         let argmax = ops::argmax(c, &logits, &next)?;
         matrices.push(classifier);
         let weight_bytes = matrices.iter().map(GpuMatrix::weight_bytes).sum::<u64>()
