@@ -70,6 +70,11 @@ struct DecodeArgs {
     /// the host still records the rest of the token.
     #[arg(long, default_value_t = 1)]
     submissions: usize,
+    /// Record the unfused step: separate RMSNorm+residual, SwiGLU and
+    /// final-norm dispatches (8 a block instead of 5), to measure what the
+    /// fused kernels buy.
+    #[arg(long)]
+    unfused: bool,
     /// Also run each weight spec with activation-sparse down projections
     /// skipping this share of their inputs (0.5 = 50%), thresholds
     /// calibrated on the GPU; reports the speedup over dense next to the
@@ -299,6 +304,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         sparsity: a.sparsity,
         kv_cache: membound_gpu::KvDType::parse(&a.kv_cache)?,
         down_thresholds: None,
+        fuse: !a.unfused,
     };
     let loaded;
     let subject = match (&a.synthetic, &a.model) {

@@ -45,6 +45,9 @@ pub struct Config {
     /// a calibration sidecar) instead of calibrating to `sparsity`; the
     /// sidecar's target is `sparsity`.
     pub down_thresholds: Option<Vec<f32>>,
+    /// Record the fused step (see [`GpuLlamaOptions::fuse`]); `false` for
+    /// the unfused one, to measure what fusion buys.
+    pub fuse: bool,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             sparsity: None,
             kv_cache: KvDType::F32,
             down_thresholds: None,
+            fuse: true,
         }
     }
 }
@@ -247,6 +251,7 @@ pub fn run(
             submissions: cfg.submissions,
             sparse_down: sparse.map(|(_, d)| d),
             kv_cache: cfg.kv_cache,
+            fuse: cfg.fuse,
             ..Default::default()
         };
         let label = match sparse {
