@@ -165,6 +165,38 @@ var<workgroup> att_new: array<f32, 512>;
 var<workgroup> att_gp: array<vec2<f32>, 16>;
 var<workgroup> att_l: array<f32, ATT_MAX_GROUP>;
 var<workgroup> att_r: array<f32, ATT_MAX_GROUP>;
+// Tree reductions over a chunk's positions, ATT_WG / ATT_CHUNK heads at once.
+var<workgroup> att_red: array<f32, ATT_WG>;
+
+// Per head g < group: the max (`is_max`) or the sum of att_p[g][0..len),
+// as a tree over the chunk's positions in workgroup memory, ATT_WG /
+// ATT_CHUNK heads a round; the result is left in att_red[(g % heads) *
+// ATT_CHUNK] of the round and returned through `out` (uniform control flow).
+fn att_reduce(lid: u32, group: u32, len: u32, is_max: bool) {
+    let heads = ATT_WG / ATT_CHUNK;
+    let t = lid % ATT_CHUNK;
+    let h = lid / ATT_CHUNK;
+    for (var g0 = 0u; g0 < group; g0 += heads) {
+        let g = g0 + h;
+        var v = select(0.0, -3.0e38, is_max);
+        if (g < group && t < len) {
+            v = att_p[g * ATT_CHUNK + t];
+        }
+        att_red[lid] = v;
+        workgroupBarrier();
+        for (var s = ATT_CHUNK / 2u; s > 0u; s = s / 2u) {
+            if (t < s) {
+                let o = att_red[lid + s];
+                att_red[lid] = select(att_red[lid] + o, max(att_red[lid], o), is_max);
+            }
+            workgroupBarrier();
+        }
+        if (t == 0u && g < group) {
+            att_part[g] = att_red[lid];
+        }
+        workgroupBarrier();
+    }
+}
 
 // Four cached values from flat element index e (a multiple of 4) of a
 // cache's words `w` (the vec4 of words holding them) and its params.
@@ -390,8 +422,13 @@ fn attention(
             for (var g = 0u; g < ATT_MAX_GROUP; g++) {
                 dots[g] = 0.0;
             }
+            // The slice's k first, all loads in flight together.
+            var ks: array<vec4<f32>, 16>;
             for (var i = 0u; i < per; i++) {
-                let k = k_load4(4u * (kb + i));
+                ks[i] = k_load4(4u * (kb + i));
+            }
+            for (var i = 0u; i < per; i++) {
+                let k = ks[i];
                 let qo = 4u * (sl * per + i);
                 for (var g = 0u; g < group; g++) {
                     let qb = g * HEAD_DIM + qo;
@@ -413,13 +450,11 @@ fn attention(
             }
         }
         workgroupBarrier();
-        // Per head: the chunk's max, the rescale of what came before.
+        // Per head: the chunk's max (a tree over its positions, left in
+        // att_part[g]), the rescale of what came before.
+        att_reduce(lid, group, len, true);
         if (lid < group) {
-            var cm = -3.0e38;
-            for (var t = 0u; t < len; t++) {
-                cm = max(cm, att_p[lid * ATT_CHUNK + t]);
-            }
-            let m_new = max(att_m[lid], cm);
+            let m_new = max(att_m[lid], att_part[lid]);
             att_r[lid] = exp(att_m[lid] - m_new);
             att_m[lid] = m_new;
         }
@@ -430,20 +465,31 @@ fn attention(
             }
         }
         workgroupBarrier();
+        att_reduce(lid, group, len, false);
         if (lid < group) {
-            var sum = 0.0;
-            for (var t = 0u; t < len; t++) {
-                sum += att_p[lid * ATT_CHUNK + t];
-            }
-            att_l[lid] = att_l[lid] * att_r[lid] + sum;
+            att_l[lid] = att_l[lid] * att_r[lid] + att_part[lid];
         }
         for (var g = 0u; g < group; g++) {
             acc[g] *= att_r[g];
         }
-        for (var t = lane; t < len; t += lanes) {
-            let v = v_load4(4u * ((c + t) * kv4 + kvh * hd4 + d4));
+        // Four positions a step, their loads issued together (positions
+        // past len read a valid one and weigh it by 0).
+        for (var t = lane; t < len; t += 4u * lanes) {
+            var tt = vec4<u32>(t) + vec4<u32>(0u, 1u, 2u, 3u) * lanes;
+            let live = tt < vec4<u32>(len);
+            tt = min(tt, vec4<u32>(len - 1u));
+            let v0 = v_load4(4u * ((c + tt.x) * kv4 + kvh * hd4 + d4));
+            let v1 = v_load4(4u * ((c + tt.y) * kv4 + kvh * hd4 + d4));
+            let v2 = v_load4(4u * ((c + tt.z) * kv4 + kvh * hd4 + d4));
+            let v3 = v_load4(4u * ((c + tt.w) * kv4 + kvh * hd4 + d4));
             for (var g = 0u; g < group; g++) {
-                acc[g] += att_p[g * ATT_CHUNK + t] * v;
+                let p = select(vec4<f32>(0.0), vec4<f32>(
+                    att_p[g * ATT_CHUNK + tt.x],
+                    att_p[g * ATT_CHUNK + tt.y],
+                    att_p[g * ATT_CHUNK + tt.z],
+                    att_p[g * ATT_CHUNK + tt.w],
+                ), live);
+                acc[g] += p.x * v0 + p.y * v1 + p.z * v2 + p.w * v3;
             }
         }
         workgroupBarrier();
