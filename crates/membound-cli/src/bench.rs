@@ -75,6 +75,11 @@ struct DecodeArgs {
     /// fused kernels buy.
     #[arg(long)]
     unfused: bool,
+    /// With --sparsity: make the gate/up projections activation-sparse
+    /// too (TEAL-style, their RMS-normalised input thresholded at the same
+    /// target share), not only the down projections.
+    #[arg(long, requires = "sparsity")]
+    sparse_gate_up: bool,
     /// Also run each weight spec with activation-sparse down projections
     /// skipping this share of their inputs (0.5 = 50%), thresholds
     /// calibrated on the GPU; reports the speedup over dense next to the
@@ -305,6 +310,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         kv_cache: membound_gpu::KvDType::parse(&a.kv_cache)?,
         down_thresholds: None,
         fuse: !a.unfused,
+        sparse_gate_up: a.sparse_gate_up,
     };
     let loaded;
     let subject = match (&a.synthetic, &a.model) {
@@ -363,11 +369,18 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
     for r in &report.rows {
         let split = r.split.as_ref();
         t.add_row([
-            match (r.sparsity, r.achieved_sparsity) {
-                (Some(s), Some(a)) => format!(
+            match (r.sparsity, r.achieved_sparsity, r.achieved_gate_up_sparsity) {
+                (Some(s), Some(a), None) => format!(
                     "{} sparse down {:.0}% (got {:.1}%)",
                     r.weights,
                     s * 100.0,
+                    a * 100.0
+                ),
+                (Some(s), Some(a), Some(g)) => format!(
+                    "{} sparse gate/up+down {:.0}% (got {:.1}%/{:.1}%)",
+                    r.weights,
+                    s * 100.0,
+                    g * 100.0,
                     a * 100.0
                 ),
                 _ => r.weights.clone(),

@@ -71,6 +71,7 @@ fn compare(
             context: Some(steps + 1),
             submissions: 3,
             sparse_down: None,
+            sparse_gate_up: false,
             kv_cache: Default::default(),
             // Split attention from position 8: both paths meet the CPU.
             split_attention_from: 8,
@@ -410,4 +411,100 @@ fn kv_cache_over_device_limits_is_an_error() {
         e.contains("key cache") && e.contains("max_storage_buffer_binding_size"),
         "{e}"
     );
+}
+
+/// Sparse gate/up and down projections (TEAL-style) equal the CPU with the
+/// same weights and a hook that zeroes the gate/up inputs (the normalised
+/// hidden state) at or below τ_g and the down inputs at or below τ_d;
+/// calibration reaches its target on the gate/up inputs too.
+#[test]
+fn sparse_gate_up_matches_cpu_with_thresholding_hook() {
+    use membound::model::gpu::sparse_down_decoded;
+    use membound::model::{ActivationHook, Site};
+    use membound_gpu::SparseDType;
+
+    struct Zero(f32, f32);
+    impl ActivationHook for Zero {
+        fn on_input(&mut self, _: usize, site: Site, x: &mut [f32]) {
+            let tau = match site {
+                Site::GateUp => self.0,
+                Site::Down => self.1,
+                _ => return,
+            };
+            x.iter_mut()
+                .filter(|v| v.abs() <= tau)
+                .for_each(|v| *v = 0.0);
+        }
+    }
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        return missing("llama2xs-280K");
+    };
+    let Some(ctx) = gpu() else { return };
+    let (cfg, w) = load(&path);
+    let (d, h) = (cfg.dim, cfg.hidden_dim);
+    let prepared = prepare(&cfg, &w, &WeightPlan::uniform("f32"), &|_, _| {}).unwrap();
+    for dtype in [SparseDType::F16, SparseDType::Affine4 { group: 32 }] {
+        let mut cpu_w = prepared.decoded_weights().unwrap();
+        for l in &mut cpu_w.layers {
+            l.w_down = sparse_down_decoded(&l.w_down, d, h, dtype).unwrap();
+            let fused = [l.w_gate.clone(), l.w_up.clone()].concat();
+            let dec = sparse_down_decoded(&fused, 2 * h, d, dtype).unwrap();
+            l.w_gate = dec[..h * d].to_vec();
+            l.w_up = dec[h * d..].to_vec();
+        }
+        for fuse in [true, false] {
+            let opts = GpuLlamaOptions {
+                context: Some(16),
+                sparse_down: Some(dtype),
+                sparse_gate_up: true,
+                fuse,
+                ..Default::default()
+            };
+            let mut g = GpuLlama::new(Arc::clone(&ctx), &prepared, opts).unwrap();
+            assert!(g.is_gate_up_sparse());
+            for (tg, td) in [(0.0f32, 0.0f32), (0.3, 0.05)] {
+                let mut cpu = CpuLlama::new(cfg.clone(), cpu_w.clone());
+                cpu.set_hook(Some(Box::new(Zero(tg, td))));
+                g.set_gate_up_thresholds(&[tg]).unwrap();
+                g.set_down_thresholds(&[td]).unwrap();
+                let mut tok = 1;
+                for pos in 0..5 {
+                    let want = cpu.forward(tok, pos).unwrap();
+                    let got = g.forward(tok, pos).unwrap();
+                    let err = rel_err(&got, &want);
+                    assert!(
+                        err < 1e-3,
+                        "{dtype:?} fuse={fuse} τ={tg}/{td} pos {pos}: {err}"
+                    );
+                    tok = membound::model::argmax(&want);
+                }
+                let act = g.gate_up_activity().unwrap();
+                assert_eq!(act.len(), cfg.n_layers);
+                if tg > 0.0 {
+                    assert!(act.iter().any(|(a, n)| a < n), "τ={tg} skips some: {act:?}");
+                }
+            }
+            g.calibrate_gate_up(0.5, 1, 0).unwrap();
+            g.forward_argmax(1, 0).unwrap();
+            for (active, n) in g.gate_up_activity().unwrap() {
+                let skipped = 1.0 - active as f32 / n as f32;
+                assert!(
+                    (skipped - 0.5).abs() <= 0.02,
+                    "{dtype:?}: skipped {skipped}"
+                );
+            }
+        }
+    }
+    // Without sparse down projections the option is refused at use.
+    let g = GpuLlama::new(
+        Arc::clone(&ctx),
+        &prepared,
+        GpuLlamaOptions {
+            context: Some(4),
+            sparse_gate_up: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!g.is_gate_up_sparse());
 }

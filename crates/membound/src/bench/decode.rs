@@ -45,6 +45,9 @@ pub struct Config {
     /// a calibration sidecar) instead of calibrating to `sparsity`; the
     /// sidecar's target is `sparsity`.
     pub down_thresholds: Option<Vec<f32>>,
+    /// With `sparsity`, make the gate/up projections activation-sparse too
+    /// (their normalised input thresholded at the same target share).
+    pub sparse_gate_up: bool,
     /// Record the fused step (see [`GpuLlamaOptions::fuse`]); `false` for
     /// the unfused one, to measure what fusion buys.
     pub fuse: bool,
@@ -64,6 +67,7 @@ impl Default for Config {
             kv_cache: KvDType::F32,
             down_thresholds: None,
             fuse: true,
+            sparse_gate_up: false,
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct Row {
     pub sparsity: Option<f64>,
     /// Share actually skipped in the last timed token, over all layers.
     pub achieved_sparsity: Option<f64>,
+    /// The same for the gate/up projections, when they are sparse.
+    pub achieved_gate_up_sparsity: Option<f64>,
     /// Sparse rows: the down projections' time with τ = 0 (no input
     /// skipped but exact zeros), µs: the sparse kernel's overhead.
     pub down_dense_sparse_kernel_us: Option<f64>,
@@ -250,6 +256,7 @@ pub fn run(
             context: Some(context),
             submissions: cfg.submissions,
             sparse_down: sparse.map(|(_, d)| d),
+            sparse_gate_up: cfg.sparse_gate_up,
             kv_cache: cfg.kv_cache,
             fuse: cfg.fuse,
             ..Default::default()
@@ -257,7 +264,12 @@ pub fn run(
         let label = match sparse {
             None => format!("{spec} weights"),
             Some((s, _)) => format!(
-                "{spec} weights, sparse down projections at {:.0}%",
+                "{spec} weights, sparse {} projections at {:.0}%",
+                if cfg.sparse_gate_up {
+                    "gate/up and down"
+                } else {
+                    "down"
+                },
                 s * 100.0
             ),
         };
@@ -276,6 +288,10 @@ pub fn run(
                     progress("calibrating down-projection thresholds");
                     m.calibrate_down(*target, 1, 0)?;
                 }
+            }
+            if m.is_gate_up_sparse() {
+                progress("calibrating gate/up thresholds");
+                m.calibrate_gate_up(*target, 1, 0)?;
             }
         }
         progress(&format!("decoding {} tokens", needed - 1));
@@ -301,6 +317,13 @@ pub fn run(
         } else {
             None
         };
+        let achieved_gate_up = if m.is_gate_up_sparse() {
+            let act = m.gate_up_activity()?;
+            let (a, t) = act.iter().fold((0, 0), |(a, t), (x, y)| (a + x, t + y));
+            Some(1.0 - a as f64 / t as f64)
+        } else {
+            None
+        };
         let ms = median.as_secs_f64() * 1e3;
         let tps = 1e3 / ms;
         let bytes = m.weight_bytes_per_token();
@@ -320,7 +343,10 @@ pub fn run(
                 dispatches: p.dispatches,
                 token_us: us(p.token),
                 pass_us: p.pass.map(us),
-                gemv_us: kind(OpKind::Gemv) + kind(OpKind::Down) + kind(OpKind::SparseDown),
+                gemv_us: kind(OpKind::Gemv)
+                    + kind(OpKind::Down)
+                    + kind(OpKind::SparseDown)
+                    + kind(OpKind::SparseGateUp),
                 attention_us: kind(OpKind::Attention),
                 elementwise_us: kind(OpKind::Elementwise),
                 overhead_us: p.timestamps.then(|| us(p.token) - us(p.kernel_total())),
@@ -365,6 +391,7 @@ pub fn run(
             weights: spec.clone(),
             sparsity: sparse.map(|(s, _)| f64::from(s)),
             achieved_sparsity: achieved,
+            achieved_gate_up_sparsity: achieved_gate_up,
             down_dense_sparse_kernel_us: sparse_zero,
             params: params(&model_cfg),
             weight_bytes: bytes,

@@ -536,6 +536,11 @@ pub struct GpuLlamaOptions {
     /// inputs with |x| > τ are read ([`GpuLlama::set_down_thresholds`];
     /// τ = 0 at first: exact zeros only, lossless). `None`: dense.
     pub sparse_down: Option<SparseDType>,
+    /// With `sparse_down`, the fused gate/up projections too, in the same
+    /// dtype (TEAL-style: their RMS-normalised input is thresholded, per
+    /// layer by [`GpuLlama::set_gate_up_thresholds`]). The norm and SwiGLU
+    /// then run as their own dispatches around the sparse GEMV.
+    pub sparse_gate_up: bool,
     /// How the KV cache stores keys and values (f32 by default; f16, or
     /// 8/4-bit codes with a scale and minimum per 32 values of a head).
     pub kv_cache: KvDType,
@@ -559,6 +564,7 @@ impl Default for GpuLlamaOptions {
     fn default() -> Self {
         Self {
             sparse_down: None,
+            sparse_gate_up: false,
             kv_cache: KvDType::F32,
             split_attention_from: LONG_CONTEXT,
             context: None,
@@ -578,6 +584,8 @@ pub enum OpKind {
     Down,
     /// Activation-sparse down projections.
     SparseDown,
+    /// Activation-sparse gate/up projections.
+    SparseGateUp,
     /// Attention over the KV cache.
     Attention,
     /// Embedding, norms, RoPE, SwiGLU, argmax.
@@ -627,6 +635,8 @@ pub struct GpuLlama {
     _matrices: Vec<GpuMatrix>,
     /// Sparse down projections and their thresholds, by layer.
     sparse: Vec<(SparseGemv, Threshold)>,
+    /// Sparse gate/up projections and their thresholds, by layer.
+    sparse_gate_up: Vec<(SparseGemv, Threshold)>,
     /// Split attention for positions from `split_from` on: (index in
     /// `calls` it replaces, dispatch).
     long_attention: Vec<(usize, Dispatch)>,
@@ -655,11 +665,11 @@ struct LayerParts {
     bias: Option<GpuVector>,
     wo: GpuMatrix,
     ffn_norm: GpuVector,
-    gate_up: GpuMatrix,
+    gate_up: Down,
     down: Down,
 }
 
-/// A block's down projection: dense, or activation-sparse.
+/// A block's down (or gate/up) projection: dense, or activation-sparse.
 #[derive(Debug)]
 enum Down {
     Dense(GpuMatrix),
@@ -733,7 +743,17 @@ impl GpuLlama {
                         &format!("layer {i} ffn norm"),
                         &l.ffn_norm,
                     )?,
-                    gate_up: l.gate_up.upload(c)?,
+                    gate_up: match (opts.sparse_down, opts.sparse_gate_up) {
+                        (Some(dtype), true) => Down::Sparse(Box::new(sparse_down(
+                            c,
+                            &l.gate_up.role,
+                            l.gate_up.rows,
+                            l.gate_up.cols,
+                            &l.gate_up.decoded()?,
+                            dtype,
+                        )?)),
+                        _ => Down::Dense(l.gate_up.upload(c)?),
+                    },
                     down: match opts.sparse_down {
                         None => Down::Dense(l.down.upload(c)?),
                         Some(dtype) => Down::Sparse(Box::new(sparse_down(
@@ -826,7 +846,18 @@ impl GpuLlama {
                 bias: None,
                 wo: matrix(format!("layers.{i}.wo"), d, d)?,
                 ffn_norm: ones(format!("layer {i} ffn norm"))?,
-                gate_up: matrix(format!("layers.{i}.gate_up"), 2 * h, d)?,
+                gate_up: match (opts.sparse_down, opts.sparse_gate_up) {
+                    (Some(dtype), true) => Down::Sparse(Box::new(SparseGemv::synthetic(
+                        c,
+                        &format!("layers.{i}.gate_up (sparse)"),
+                        2 * h,
+                        d,
+                        dtype,
+                        seed.wrapping_add(5_555 + i as u32),
+                        (3.0 / d as f32).sqrt(),
+                    )?)),
+                    _ => Down::Dense(matrix(format!("layers.{i}.gate_up"), 2 * h, d)?),
+                },
                 down: match opts.sparse_down {
                     None => Down::Dense(matrix(format!("layers.{i}.w_down"), d, h)?),
                     Some(dtype) => Down::Sparse(Box::new(SparseGemv::synthetic(
@@ -910,6 +941,7 @@ impl GpuLlama {
         let mut matrices = Vec::new();
         let mut buffers = Vec::new();
         let mut sparse = Vec::new();
+        let mut sparse_gate_up = Vec::new();
         let mut sparse_bytes = 0;
         let mut long_attention = Vec::new();
         // Fused: 5 dispatches a block. The residual stream x is read with
@@ -920,11 +952,10 @@ impl GpuLlama {
             && layers.iter().all(|l| {
                 l.qkv.can_fuse()
                     && l.wo.can_fuse()
-                    && l.gate_up.can_fuse()
-                    && match &l.down {
+                    && [&l.gate_up, &l.down].iter().all(|p| match p {
                         Down::Dense(m) => m.can_fuse(),
                         Down::Sparse(_) => true,
-                    }
+                    })
             });
         let normed = Fusion {
             rms_norm_eps: Some(eps),
@@ -964,18 +995,43 @@ impl GpuLlama {
             }
             if fuse {
                 calls.push((OpKind::Gemv, l.wo.bind_fused(c, &att, None, &x, add)?));
-                calls.push((
-                    OpKind::Gemv,
-                    l.gate_up.bind_fused(c, &x, Some(&l.ffn_norm), &hidden, glu)?,
-                ));
             } else {
                 calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
-                calls.push((
-                    OpKind::Elementwise,
-                    ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?,
-                ));
-                calls.push((OpKind::Gemv, l.gate_up.bind(c, &xb, &gate_up)?));
-                calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
+            }
+            match l.gate_up {
+                Down::Dense(m) if fuse => {
+                    calls.push((
+                        OpKind::Gemv,
+                        m.bind_fused(c, &x, Some(&l.ffn_norm), &hidden, glu)?,
+                    ));
+                    matrices.push(m);
+                }
+                Down::Dense(m) => {
+                    calls.push((
+                        OpKind::Elementwise,
+                        ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?,
+                    ));
+                    calls.push((OpKind::Gemv, m.bind(c, &xb, &gate_up)?));
+                    calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
+                    matrices.push(m);
+                }
+                Down::Sparse(m) => {
+                    // Norm, sparse GEMV of the normed input, SwiGLU.
+                    let norm = if fuse {
+                        ops::rms_norm(c, &x, &l.ffn_norm, eps, &xb)?
+                    } else {
+                        ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?
+                    };
+                    calls.push((OpKind::Elementwise, norm));
+                    let tau = Threshold::new(c, &format!("layer {i} gate/up τ"), 0.0)?;
+                    calls.push((
+                        OpKind::SparseGateUp,
+                        m.bind_threshold(c, &xb, &tau, &gate_up)?,
+                    ));
+                    calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
+                    sparse_bytes += m.weight_bytes();
+                    sparse_gate_up.push((*m, tau));
+                }
             }
             // Fused, the down projection adds into the residual stream.
             let down_out = if fuse { &x } else { &y };
@@ -1002,7 +1058,7 @@ impl GpuLlama {
                 }
             }
             caches.push(cache);
-            matrices.extend([l.qkv, l.wo, l.gate_up]);
+            matrices.extend([l.qkv, l.wo]);
             buffers.extend([l.attn_norm, l.ffn_norm]);
             buffers.extend(l.bias);
         }
@@ -1041,6 +1097,7 @@ impl GpuLlama {
             argmax,
             _matrices: matrices,
             sparse,
+            sparse_gate_up,
             long_attention,
             split_from: opts.split_attention_from,
             pos: 0,
@@ -1077,34 +1134,38 @@ impl GpuLlama {
         !self.sparse.is_empty()
     }
 
+    /// Whether the gate/up projections are activation-sparse.
+    pub fn is_gate_up_sparse(&self) -> bool {
+        !self.sparse_gate_up.is_empty()
+    }
+
+    /// Sets the sparse gate/up projections' thresholds on their normalised
+    /// input: one τ per layer, or one for all.
+    pub fn set_gate_up_thresholds(&mut self, taus: &[f32]) -> Result<()> {
+        set_thresholds(&self.ctx, &self.sparse_gate_up, taus, "gate/up")
+    }
+
+    /// Per layer, the gate/up inputs read in the last token, and the width.
+    pub fn gate_up_activity(&self) -> Result<Vec<(usize, usize)>> {
+        activity(&self.ctx, &self.sparse_gate_up)
+    }
+
+    /// [`GpuLlama::calibrate_down`] for the sparse gate/up projections
+    /// (the down thresholds stay as they are).
+    pub fn calibrate_gate_up(&mut self, target: f32, token: u32, pos: usize) -> Result<Vec<f32>> {
+        self.calibrate(true, target, token, pos)
+    }
+
     /// Sets the sparse down projections' thresholds: one τ per layer, or
     /// one for all. Inputs with |x| ≤ τ are skipped.
     pub fn set_down_thresholds(&mut self, taus: &[f32]) -> Result<()> {
-        let n = self.sparse.len();
-        if n == 0 {
-            return Err(Error::Request(
-                "the model was built without sparse down projections".into(),
-            ));
-        }
-        if taus.len() != 1 && taus.len() != n {
-            return Err(Error::Request(format!(
-                "{} thresholds for {n} layers (give one, or one per layer)",
-                taus.len()
-            )));
-        }
-        for (i, (_, tau)) in self.sparse.iter().enumerate() {
-            tau.set(&self.ctx, taus[if taus.len() == 1 { 0 } else { i }])?;
-        }
-        Ok(())
+        set_thresholds(&self.ctx, &self.sparse, taus, "down")
     }
 
     /// Per layer, the inputs of the down projection that were active (read)
     /// in the last token, and its width.
     pub fn down_activity(&self) -> Result<Vec<(usize, usize)>> {
-        self.sparse
-            .iter()
-            .map(|(m, _)| Ok((m.read_active_count(&self.ctx)?, m.cols())))
-            .collect()
+        activity(&self.ctx, &self.sparse)
     }
 
     /// Finds per-layer thresholds under which a share `target` of each
@@ -1113,12 +1174,33 @@ impl GpuLlama {
     /// later layers follow the thresholds of earlier ones), sets them and
     /// returns them.
     pub fn calibrate_down(&mut self, target: f32, token: u32, pos: usize) -> Result<Vec<f32>> {
+        self.calibrate(false, target, token, pos)
+    }
+
+    fn calibrate(
+        &mut self,
+        gate_up: bool,
+        target: f32,
+        token: u32,
+        pos: usize,
+    ) -> Result<Vec<f32>> {
+        let set = |m: &mut Self, t: &[f32]| {
+            if gate_up {
+                m.set_gate_up_thresholds(t)
+            } else {
+                m.set_down_thresholds(t)
+            }
+        };
         if !(0.0..1.0).contains(&target) {
             return Err(Error::Request(format!(
                 "target sparsity {target}: it must be in [0, 1)"
             )));
         }
-        let n = self.sparse.len();
+        let n = if gate_up {
+            self.sparse_gate_up.len()
+        } else {
+            self.sparse.len()
+        };
         let mut lo = vec![0.0f32; n];
         let mut hi = vec![f32::INFINITY; n];
         let mut tau = vec![0.0f32; n];
@@ -1132,9 +1214,14 @@ impl GpuLlama {
                     };
                 }
             }
-            self.set_down_thresholds(&tau)?;
+            set(self, &tau)?;
             self.forward_argmax(token, pos)?;
-            for (i, (active, cols)) in self.down_activity()?.into_iter().enumerate() {
+            let act = if gate_up {
+                self.gate_up_activity()?
+            } else {
+                self.down_activity()?
+            };
+            for (i, (active, cols)) in act.into_iter().enumerate() {
                 let skipped = 1.0 - active as f32 / cols as f32;
                 if skipped < target {
                     lo[i] = tau[i];
@@ -1146,7 +1233,7 @@ impl GpuLlama {
         let taus: Vec<f32> = (0..n)
             .map(|i| if hi[i].is_finite() { hi[i] } else { lo[i] })
             .collect();
-        self.set_down_thresholds(&taus)?;
+        set(self, &taus)?;
         Ok(taus)
     }
 
@@ -1255,6 +1342,40 @@ impl GpuLlama {
             timestamps,
         })
     }
+}
+
+/// Sets one τ per layer, or one for all, on `sparse` (`what`: which
+/// projections, for the errors).
+fn set_thresholds(
+    ctx: &GpuContext,
+    sparse: &[(SparseGemv, Threshold)],
+    taus: &[f32],
+    what: &str,
+) -> Result<()> {
+    let n = sparse.len();
+    if n == 0 {
+        return Err(Error::Request(format!(
+            "the model was built without sparse {what} projections"
+        )));
+    }
+    if taus.len() != 1 && taus.len() != n {
+        return Err(Error::Request(format!(
+            "{} thresholds for {n} layers (give one, or one per layer)",
+            taus.len()
+        )));
+    }
+    for (i, (_, tau)) in sparse.iter().enumerate() {
+        tau.set(ctx, taus[if taus.len() == 1 { 0 } else { i }])?;
+    }
+    Ok(())
+}
+
+/// Per sparse matrix: inputs read in the last run, and its width.
+fn activity(ctx: &GpuContext, sparse: &[(SparseGemv, Threshold)]) -> Result<Vec<(usize, usize)>> {
+    sparse
+        .iter()
+        .map(|(m, _)| Ok((m.read_active_count(ctx)?, m.cols())))
+        .collect()
 }
 
 impl Decoder for GpuLlama {
