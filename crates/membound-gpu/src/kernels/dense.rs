@@ -331,7 +331,7 @@ impl DenseGemv {
             let [a, b, c, d] = fusion.constants();
             ctx.pipeline(&PipelineSpec {
                 shader: GEMV_DENSE,
-                entry: entry_point(self.dtype, ctx.features().subgroups),
+                entry: fused_entry_point(self.dtype, ctx.features().subgroups),
                 constants: &[("WG", f64::from(self.workgroup_size)), a, b, c, d],
                 bindings: BINDINGS,
             })?
@@ -416,6 +416,17 @@ fn entry_point(dtype: WeightDType, subgroups: bool) -> &'static str {
         (WeightDType::F16, false) => "gemv_f16",
         (WeightDType::F32, true) => "gemv_f32_subgroup",
         (WeightDType::F16, true) => "gemv_f16_subgroup",
+    }
+}
+
+/// The fused kernels' entry points (their own, so that the plain ones
+/// compile as they did without fusion).
+fn fused_entry_point(dtype: WeightDType, subgroups: bool) -> &'static str {
+    match (dtype, subgroups) {
+        (WeightDType::F32, false) => "gemv_f32_fused",
+        (WeightDType::F16, false) => "gemv_f16_fused",
+        (WeightDType::F32, true) => "gemv_f32_fused_subgroup",
+        (WeightDType::F16, true) => "gemv_f16_fused_subgroup",
     }
 }
 
