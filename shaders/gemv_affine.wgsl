@@ -590,3 +590,170 @@ fn gemv_affine_subgroup(
     let acc = partial_sums(block, lid);
     store(block, lid, reduce_subgroup(lid, acc, sg_lane, sg_id, sg_count));
 }
+
+// ------------------------------------------------- 4-bit × 8-bit activations --
+//
+// gemv_affine4_q8[_subgroup]: the 4-bit kernel with the input quantized to
+// 8 bits per block of 32 (llama.cpp's q8_1 idea on MLX's layout), so that
+// four code × input products are one integer dot product (dot4I8Packed)
+// instead of four float operations each. Needs BITS = 4, GROUP a multiple
+// of 32, `cols` a multiple of 32 and at most Q8_MAXK, and rows whose word
+// stride is a multiple of 4 (checked on the host).
+//
+// Each workgroup first quantizes x into workgroup memory: per block b of
+// 32 inputs (times g, with NORM), sx_b = max|x| / 127 and
+// xq_k = round(x_k / sx_b), and the exact f32 sum of the block. The int8
+// values are stored permuted to match the nibbles: for each 8 codes of a
+// word, one u32 holds the inputs of codes 0, 2, 4, 6 and the next those of
+// codes 1, 3, 5, 7, so `w & 0x0f0f0f0f` and `(w >> 4) & 0x0f0f0f0f` meet
+// their inputs byte for byte. Then each thread takes whole blocks (four
+// code words, one 16-byte load a row) for the workgroup's rows:
+//
+//   y_r = Σ_b ( s_rg · sx_b · Σ_k q_rk · xq_k  +  b_rg · Σ_k x_k )
+//
+// The only approximation is x ≈ sx·xq, at most sx_b / 2 = max|x_b| / 254
+// per input; the integer sums are exact.
+
+// Most inputs the kernel stages (a multiple of 32).
+override Q8_MAXK: u32 = 4096u;
+// Row blocks (of ROWS rows) a workgroup takes one after the other, sharing
+// one staging of x.
+override Q8_BLOCKS: u32 = 1u;
+
+@group(0) @binding(1) var<storage, read> weights4: array<vec4<u32>>;
+
+// Quantized x, 8 words (32 inputs) a block, permuted as above.
+var<workgroup> q8_x: array<vec4<u32>, Q8_MAXK / 16u>;
+// Per block: (sx, exact sum of the block's x).
+var<workgroup> q8_s: array<vec2<f32>, Q8_MAXK / 32u>;
+
+// Quantizes the blocks this thread owns into workgroup memory; returns the
+// sum of squares of its (unscaled) inputs for NORM.
+fn q8_stage(lid: u32) -> f32 {
+    var ss = 0.0;
+    let nb = params.cols / 32u;
+    for (var b = lid; b < nb; b += WG) {
+        var v: array<vec4<f32>, 8>;
+        var amax = vec4<f32>(0.0);
+        var sum = vec4<f32>(0.0);
+        for (var i = 0u; i < 8u; i++) {
+            var a = x[b * 8u + i];
+            if NORM {
+                ss += dot(a, a);
+                a *= norm_w[b * 8u + i];
+            }
+            v[i] = a;
+            amax = max(amax, abs(a));
+            sum += a;
+        }
+        let m = max(max(amax.x, amax.y), max(amax.z, amax.w));
+        let sx = m / 127.0;
+        let inv = select(0.0, 127.0 / m, m > 0.0);
+        // Codes 8c .. 8c+7 sit in v[2c] (0-3) and v[2c+1] (4-7).
+        var w: array<u32, 8>;
+        for (var c = 0u; c < 4u; c++) {
+            let a = round(v[2u * c] * inv);
+            let z = round(v[2u * c + 1u] * inv);
+            w[2u * c] = pack4xI8(vec4<i32>(i32(a.x), i32(a.z), i32(z.x), i32(z.z)));
+            w[2u * c + 1u] = pack4xI8(vec4<i32>(i32(a.y), i32(a.w), i32(z.y), i32(z.w)));
+        }
+        q8_x[2u * b] = vec4<u32>(w[0], w[1], w[2], w[3]);
+        q8_x[2u * b + 1u] = vec4<u32>(w[4], w[5], w[6], w[7]);
+        q8_s[b] = vec2<f32>(sx, dot(sum, vec4<f32>(1.0)));
+    }
+    return ss;
+}
+
+// Σ q·xq over the 32 codes of one row's block (four words).
+fn q8_dot(w: vec4<u32>, xa: vec4<u32>, xb: vec4<u32>) -> i32 {
+    let m = 0x0f0f0f0fu;
+    let lo = w & vec4<u32>(m);
+    let hi = (w >> vec4<u32>(4u)) & vec4<u32>(m);
+    return (dot4I8Packed(lo.x, xa.x) + dot4I8Packed(hi.x, xa.y))
+        + (dot4I8Packed(lo.y, xa.z) + dot4I8Packed(hi.y, xa.w))
+        + (dot4I8Packed(lo.z, xb.x) + dot4I8Packed(hi.z, xb.y))
+        + (dot4I8Packed(lo.w, xb.z) + dot4I8Packed(hi.w, xb.w));
+}
+
+// The rows' contributions of block b given their words.
+fn q8_fold(sb: vec4<u32>, g: u32, d: vec4<i32>, s: vec2<f32>) -> vec4<f32> {
+    let s0 = load_scale_bias(sb.x + g);
+    let s1 = load_scale_bias(sb.y + g);
+    let s2 = load_scale_bias(sb.z + g);
+    let s3 = load_scale_bias(sb.w + g);
+    let scale = vec4<f32>(s0.x, s1.x, s2.x, s3.x) * s.x;
+    return scale * vec4<f32>(d) + vec4<f32>(s0.y, s1.y, s2.y, s3.y) * s.y;
+}
+
+// This thread's partial sums of row block `block`, x staged.
+fn q8_partial(block: u32, lid: u32) -> Acc {
+    let r = block_rows(block);
+    let lo = r.base_lo / 4u;
+    let hi = r.base_hi / 4u;
+    let nb = params.cols / 32u;
+    var acc: Acc;
+    for (var b = lid; b < nb; b += WG) {
+        let w0 = weights4[lo.x + b];
+        let w1 = weights4[lo.y + b];
+        let w2 = weights4[lo.z + b];
+        let w3 = weights4[lo.w + b];
+        var w4 = vec4<u32>(0u);
+        var w5 = vec4<u32>(0u);
+        var w6 = vec4<u32>(0u);
+        var w7 = vec4<u32>(0u);
+        if ROWS == 8u {
+            w4 = weights4[hi.x + b];
+            w5 = weights4[hi.y + b];
+            w6 = weights4[hi.z + b];
+            w7 = weights4[hi.w + b];
+        }
+        let xa = q8_x[2u * b];
+        let xb = q8_x[2u * b + 1u];
+        let s = q8_s[b];
+        let g = min(b * 32u / GROUP, params.groups - 1u);
+        let dlo = vec4<i32>(q8_dot(w0, xa, xb), q8_dot(w1, xa, xb), q8_dot(w2, xa, xb), q8_dot(w3, xa, xb));
+        acc.lo += q8_fold(r.sb_lo, g, dlo, s);
+        if ROWS == 8u {
+            let dhi = vec4<i32>(q8_dot(w4, xa, xb), q8_dot(w5, xa, xb), q8_dot(w6, xa, xb), q8_dot(w7, xa, xb));
+            acc.hi += q8_fold(r.sb_hi, g, dhi, s);
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(WG)
+fn gemv_affine4_q8(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let first = block_index(wid, nwg) * Q8_BLOCKS;
+    let ss = q8_stage(lid);
+    workgroupBarrier();
+    for (var i = 0u; i < Q8_BLOCKS; i++) {
+        var acc = q8_partial(first + i, lid);
+        acc.ss = ss;
+        store(first + i, lid, reduce_tree(lid, acc));
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WG)
+fn gemv_affine4_q8_subgroup(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(num_subgroups) sg_count: u32,
+) {
+    let first = block_index(wid, nwg) * Q8_BLOCKS;
+    let ss = q8_stage(lid);
+    workgroupBarrier();
+    for (var i = 0u; i < Q8_BLOCKS; i++) {
+        var acc = q8_partial(first + i, lid);
+        acc.ss = ss;
+        store(first + i, lid, reduce_subgroup(lid, acc, sg_lane, sg_id, sg_count));
+        workgroupBarrier();
+    }
+}

@@ -126,8 +126,10 @@ struct KernelArgs {
     /// Shapes as ROWSxCOLS (out × in), comma-separated [default: LLaMA-8B and SmolLM2 layers].
     #[arg(long, value_delimiter = ',')]
     shapes: Vec<String>,
-    /// Weight formats, comma-separated: f32, f16, affine2|3|4|8[-gG], nf4,
-    /// sparse-f16, sparse-affine4[-gG] [default: all of these, g64].
+    /// Weight formats, comma-separated: f32, f16, affine2|3|4|8[-gG],
+    /// affine4-q8[-gG] (4-bit codes times the input quantized to 8 bits per
+    /// 32 inside the kernel), nf4, sparse-f16, sparse-affine4[-gG]
+    /// [default: all of these, g64].
     #[arg(long, value_delimiter = ',')]
     weights: Vec<String>,
     /// Input sparsities for the sparse kernels, in percent, comma-separated

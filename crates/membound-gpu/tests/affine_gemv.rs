@@ -30,11 +30,9 @@
 
 mod common;
 
-use common::{FEATURE_SETS, Rng, context, context_with};
-use half::{bf16, f16};
-use membound_codec::{
-    AffineCodec, Codec, Encoded, Group, Matrix, Part, PartDType, ScaleDType, pack,
-};
+use common::{FEATURE_SETS, Rng, context, context_with, integer_encoding};
+use half::f16;
+use membound_codec::{AffineCodec, Codec, Encoded, Group, Matrix, ScaleDType, pack};
 use membound_gpu::{
     AffineGemv, GpuContext, GpuFeatures, GpuOptions, GpuVector, Launch, SHADERS,
     dense_gemv_reference,
@@ -178,58 +176,6 @@ fn other_groupings_and_scale_types_within_the_stated_tolerance() {
                 }
             }
         }
-    }
-}
-
-/// An encoding made by hand: random codes, and random small integer scales
-/// and biases stored as `codec.scale`.
-fn integer_encoding(codec: &AffineCodec, rows: usize, cols: usize, rng: &mut Rng) -> Encoded {
-    let l = codec.layout(rows, cols).unwrap();
-    let mut weight = Vec::with_capacity(rows * l.words_per_row * 4);
-    let mut words = vec![0u32; l.words_per_row];
-    for _ in 0..rows {
-        let codes: Vec<u8> = (0..cols)
-            .map(|_| (rng.next_u64() % (1 << codec.bits)) as u8)
-            .collect();
-        pack::pack_words(&codes, codec.bits, &mut words).unwrap();
-        weight.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-    }
-    let n = l.scales_shape[0] * l.scales_shape[1];
-    let scales: Vec<f32> = (0..n)
-        .map(|_| [1.0, -1.0, 2.0, -2.0][rng.range(0, 4)])
-        .collect();
-    let biases: Vec<f32> = (0..n).map(|_| rng.int(3)).collect();
-    let bytes = |v: &[f32]| -> Vec<u8> {
-        v.iter()
-            .flat_map(|&v| match codec.scale {
-                ScaleDType::F16 => f16::from_f32(v).to_le_bytes().to_vec(),
-                ScaleDType::BF16 => bf16::from_f32(v).to_le_bytes().to_vec(),
-                ScaleDType::F32 => v.to_le_bytes().to_vec(),
-            })
-            .collect()
-    };
-    let part = |name: &str, dtype, shape: Vec<usize>, data| Part {
-        name: name.into(),
-        dtype,
-        shape,
-        data,
-    };
-    let sd = codec.scale.part_dtype();
-    let shape = l.scales_shape.to_vec();
-    Encoded {
-        spec: codec.spec(),
-        rows,
-        cols,
-        parts: vec![
-            part(
-                "weight",
-                PartDType::U32,
-                vec![rows, l.words_per_row],
-                weight,
-            ),
-            part("scales", sd, shape.clone(), bytes(&scales)),
-            part("biases", sd, shape, bytes(&biases)),
-        ],
     }
 }
 

@@ -45,6 +45,12 @@ pub enum Weights {
         /// Weights per scale, along the row.
         group: usize,
     },
+    /// 4-bit affine (f16 scales) with the input quantized to 8 bits per
+    /// block of 32 inside the kernel (integer dot products).
+    AffineQ8 {
+        /// Weights per scale, along the row.
+        group: usize,
+    },
     /// NF4 with f16 absmax scales per block of 64 (LUT kernel).
     Nf4,
     /// Activation-sparse: column-major f16, reading only active columns.
@@ -61,6 +67,7 @@ pub const ALL_WEIGHTS: &[Weights] = &[
     Weights::F32,
     Weights::F16,
     Weights::Affine { bits: 4, group: 64 },
+    Weights::AffineQ8 { group: 64 },
     Weights::Affine { bits: 3, group: 64 },
     Weights::Affine { bits: 2, group: 64 },
     Weights::Nf4,
@@ -69,7 +76,8 @@ pub const ALL_WEIGHTS: &[Weights] = &[
 ];
 
 impl Weights {
-    /// Parses `f32`, `f16`, `affineB[-gG]`, `nf4`, `sparse-f16`, `sparse-affine4[-gG]`.
+    /// Parses `f32`, `f16`, `affineB[-gG]`, `affine4-q8[-gG]`, `nf4`,
+    /// `sparse-f16`, `sparse-affine4[-gG]`.
     pub fn parse(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
         let (base, group) = match t.rsplit_once("-g") {
@@ -82,6 +90,7 @@ impl Weights {
             "nf4" => Weights::Nf4,
             "sparse-f16" => Weights::SparseF16,
             "sparse-affine4" => Weights::SparseAffine4 { group },
+            "affine4-q8" => Weights::AffineQ8 { group },
             b if b.starts_with("affine") => Weights::Affine {
                 bits: b["affine".len()..].parse().map_err(|_| bad(s))?,
                 group,
@@ -96,6 +105,7 @@ impl Weights {
             Weights::F32 => "f32".into(),
             Weights::F16 => "f16".into(),
             Weights::Affine { bits, group } => format!("affine{bits}-g{group}"),
+            Weights::AffineQ8 { group } => format!("affine4-q8-g{group}"),
             Weights::Nf4 => "nf4".into(),
             Weights::SparseF16 => "sparse-f16".into(),
             Weights::SparseAffine4 { group } => format!("sparse-affine4-g{group}"),
@@ -110,7 +120,7 @@ impl Weights {
 
 fn bad(s: &str) -> Error {
     Error::Request(format!(
-        "unknown weight format {s:?} (expected f32, f16, affine2|3|4|8[-g32|64|128], nf4, sparse-f16, sparse-affine4[-gG])"
+        "unknown weight format {s:?} (expected f32, f16, affine2|3|4|8[-g32|64|128], affine4-q8[-gG], nf4, sparse-f16, sparse-affine4[-gG])"
     ))
 }
 
@@ -317,6 +327,7 @@ fn input(cols: usize, sparsity: f64, mask: &str) -> Result<(Vec<f32>, f32)> {
 enum Prepared {
     Dense(WeightDType),
     Affine(AffineCodec, Encoded),
+    AffineQ8(AffineCodec, Encoded),
     Lut(Encoded),
     SparseF16(ColMajorF16),
     SparseAffine4(ColMajorAffine4),
@@ -331,6 +342,11 @@ fn prepare(w: Weights, rows: usize, cols: usize, data: &[f32]) -> Result<Prepare
             let codec = AffineCodec::new(bits, Group::Size(group), ScaleDType::F16)?;
             let e = codec.encode(m)?;
             Prepared::Affine(codec, e)
+        }
+        Weights::AffineQ8 { group } => {
+            let codec = AffineCodec::new(4, Group::Size(group), ScaleDType::F16)?;
+            let e = codec.encode(m)?;
+            Prepared::AffineQ8(codec, e)
         }
         Weights::Nf4 => Prepared::Lut(membound_codec::codec_from_spec("nf4:block=64")?.encode(m)?),
         Weights::SparseF16 => Prepared::SparseF16(
@@ -355,6 +371,11 @@ fn upload(
     Ok(match p {
         Prepared::Dense(dt) => Box::new(DenseGemv::new(ctx, name, rows, cols, data, *dt)?),
         Prepared::Affine(codec, e) => Box::new(AffineGemv::new(ctx, name, codec, e)?),
+        Prepared::AffineQ8(codec, e) => {
+            let mut m = AffineGemv::new(ctx, name, codec, e)?;
+            m.set_q8_activations(ctx, true)?;
+            Box::new(m)
+        }
         Prepared::Lut(e) => Box::new(LutGemv::new(ctx, name, e)?),
         Prepared::SparseF16(m) => Box::new(SparseGemv::from_f16(ctx, name, m)?),
         Prepared::SparseAffine4(m) => Box::new(SparseGemv::from_affine4(ctx, name, m)?),
