@@ -152,10 +152,10 @@ override KV_GROUP: u32 = 8u;
 override ATT_SPLITS: u32 = 1u;
 
 // The group's rotated queries, pre-scaled by 1/√d.
-var<workgroup> att_qs: array<f32, ATT_MAX_Q>;
+var<workgroup> att_qs: array<vec4<f32>, ATT_MAX_Q / 4u>;
 // Scores, then probabilities, of the chunk: [head][position].
 var<workgroup> att_p: array<f32, 512>;
-// Partial dot products [head][position][slice]; later the V partial sums.
+// Partial dot products [head][position][slice]; att_part[g] also takes the chunk max and sum of head g.
 var<workgroup> att_part: array<f32, 2048>;
 // Per head: running max, running sum, and this chunk's rescale factor.
 var<workgroup> att_m: array<f32, ATT_MAX_GROUP>;
@@ -165,6 +165,8 @@ var<workgroup> att_new: array<f32, 512>;
 var<workgroup> att_gp: array<vec2<f32>, 16>;
 var<workgroup> att_l: array<f32, ATT_MAX_GROUP>;
 var<workgroup> att_r: array<f32, ATT_MAX_GROUP>;
+// The V pass's per-thread sums of one head, for the final reduction.
+var<workgroup> att_acc: array<vec4<f32>, ATT_WG>;
 // Tree reductions over a chunk's positions, ATT_WG / ATT_CHUNK heads at once.
 var<workgroup> att_red: array<f32, ATT_WG>;
 
@@ -349,8 +351,10 @@ fn attention(
         if (hh < group) {
             let head = kvh * group + hh;
             let r = att_rotate(head * HEAD_DIM, i, pos);
-            att_qs[hh * HEAD_DIM + u32(r.z)] = r.x * scale;
-            att_qs[hh * HEAD_DIM + u32(r.w)] = r.y * scale;
+            let ia = hh * HEAD_DIM + u32(r.z);
+            let ib = hh * HEAD_DIM + u32(r.w);
+            att_qs[ia / 4u][ia % 4u] = r.x * scale;
+            att_qs[ib / 4u][ib % 4u] = r.y * scale;
         } else {
             let r = att_rotate(q_dim + kvh * HEAD_DIM, i, pos);
             att_new[u32(r.z)] = r.x;
@@ -422,17 +426,12 @@ fn attention(
             for (var g = 0u; g < ATT_MAX_GROUP; g++) {
                 dots[g] = 0.0;
             }
-            // The slice's k first, all loads in flight together.
-            var ks: array<vec4<f32>, 16>;
+            // Queries as vec4 from workgroup memory: one load per four.
             for (var i = 0u; i < per; i++) {
-                ks[i] = k_load4(4u * (kb + i));
-            }
-            for (var i = 0u; i < per; i++) {
-                let k = ks[i];
-                let qo = 4u * (sl * per + i);
+                let k = k_load4(4u * (kb + i));
+                let qo = sl * per + i;
                 for (var g = 0u; g < group; g++) {
-                    let qb = g * HEAD_DIM + qo;
-                    dots[g] += dot(k, vec4<f32>(att_qs[qb], att_qs[qb + 1u], att_qs[qb + 2u], att_qs[qb + 3u]));
+                    dots[g] += dot(k, att_qs[g * hd4 + qo]);
                 }
             }
             for (var g = 0u; g < group; g++) {
@@ -494,24 +493,27 @@ fn attention(
         }
         workgroupBarrier();
     }
-    // Add the lanes' partial sums.
+    // Add the lanes' partial sums: one head at a time, four dimensions a
+    // thread.
     for (var g = 0u; g < group; g++) {
-        for (var j = 0u; j < 4u; j++) {
-            att_part[lid * 4u + j] = acc[g][j];
-        }
+        att_acc[lid] = acc[g];
         workgroupBarrier();
-        if (lid < HEAD_DIM) {
-            let dd = lid / 4u;
-            let j = lid % 4u;
-            var total = 0.0;
+        if (lid < hd4) {
+            var total = vec4<f32>(0.0);
             for (var k = 0u; k < lanes; k++) {
-                total += att_part[(k * hd4 + dd) * 4u + j];
+                total += att_acc[k * hd4 + lid];
             }
             if (ATT_SPLITS == 1u) {
-                att_out[(kvh * group + g) * HEAD_DIM + lid] = total / att_l[g];
+                let o = (kvh * group + g) * HEAD_DIM + 4u * lid;
+                let inv = 1.0 / att_l[g];
+                for (var j = 0u; j < 4u; j++) {
+                    att_out[o + j] = total[j] * inv;
+                }
             } else {
                 let base = ((kvh * ATT_SPLITS + split) * group + g) * (HEAD_DIM + 2u);
-                att_partials[base + 2u + lid] = total;
+                for (var j = 0u; j < 4u; j++) {
+                    att_partials[base + 2u + 4u * lid + j] = total[j];
+                }
                 if (lid == 0u) {
                     att_partials[base] = att_m[g];
                     att_partials[base + 1u] = att_l[g];
