@@ -76,6 +76,19 @@ override LMAX: u32 = 4u * WG;
 // With one K-chunk (out is y): y += W·x, a residual add, instead of y = W·x.
 // (With several, sparse_reduce.wgsl's ACCUM does it.)
 override ACCUM: bool = false;
+// The input is made from `x` as it is loaded, so no dispatch has to write
+// it first:
+//   - GLU_IN: x holds [gate (cols values); up (cols values)] and input j is
+//     silu(gate_j)·up_j (the down projection reading the gate/up output;
+//     cols a multiple of 4);
+//   - NORM_IN: input j is x_j·g_j / sqrt(mean(x²) + NORM_EPS), g in
+//     `norm_w` (the gate/up projection reading the residual stream); each
+//     workgroup first adds up the squares of all of x.
+// The threshold applies to the input so made, which is also what the
+// compacted list holds.
+override GLU_IN: bool = false;
+override NORM_IN: bool = false;
+override NORM_EPS: f32 = 1e-5;
 
 @group(0) @binding(0) var<uniform> params: Params;
 // x: the magnitude bits of tau.
@@ -89,6 +102,8 @@ override ACCUM: bool = false;
 @group(0) @binding(5) var<storage, read_write> compact: array<vec2<u32>>;
 @group(0) @binding(6) var<storage, read_write> counts: array<u32>;
 @group(0) @binding(7) var<storage, read> scales: array<u32>;
+// NORM_IN's scale g (bound, never read, otherwise).
+@group(0) @binding(8) var<storage, read> norm_w: array<vec4<f32>>;
 
 var<workgroup> list: array<vec2<u32>, LMAX>;
 var<workgroup> scan: array<u32, WG>;
@@ -109,15 +124,49 @@ struct Quad {
     on: vec4<bool>,
 }
 
-fn load_quad(i: u32, end: u32) -> Quad {
+fn load_quad(i: u32, end: u32, inv: f32) -> Quad {
     var bits = vec4<u32>(0u);
     if i < end {
-        bits = x[i / 4u];
+        if GLU_IN {
+            let g = bitcast<vec4<f32>>(x[i / 4u]);
+            let u = bitcast<vec4<f32>>(x[(params.cols + i) / 4u]);
+            bits = bitcast<vec4<u32>>(g / (1.0 + exp(-g)) * u);
+        } else if NORM_IN {
+            bits = bitcast<vec4<u32>>(bitcast<vec4<f32>>(x[i / 4u]) * norm_w[i / 4u] * inv);
+        } else {
+            bits = x[i / 4u];
+        }
     }
     let index = vec4<u32>(i) + vec4<u32>(0u, 1u, 2u, 3u);
     let mag = bits & vec4<u32>(0x7fffffffu);
     let on = (index < vec4<u32>(end)) & (mag > vec4<u32>(tau.x)) & (mag <= vec4<u32>(0x7f800000u));
     return Quad(bits, on);
+}
+
+// NORM_IN: 1 / sqrt(mean(x²) + NORM_EPS) over all `cols` inputs, summed
+// along a fixed tree in workgroup memory (every workgroup gets the same
+// value); 1 otherwise. Call from uniform control flow.
+fn norm_inv(lid: u32) -> f32 {
+    if !NORM_IN {
+        return 1.0;
+    }
+    var ss = 0.0;
+    for (var j = lid; 4u * j < params.cols; j += WG) {
+        let index = vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u);
+        let v = select(vec4<f32>(0.0), bitcast<vec4<f32>>(x[j]), index < vec4<u32>(params.cols));
+        ss += dot(v, v);
+    }
+    scan[lid] = bitcast<u32>(ss);
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if lid < h {
+            scan[lid] = bitcast<u32>(bitcast<f32>(scan[lid]) + bitcast<f32>(scan[lid + h]));
+        }
+        workgroupBarrier();
+    }
+    let total = bitcast<f32>(scan[0]);
+    workgroupBarrier();
+    return inverseSqrt(total / f32(params.cols) + NORM_EPS);
 }
 
 fn quad_count(q: Quad) -> u32 {
@@ -410,10 +459,11 @@ fn sparse_f16(
     let k1 = chunk_end(wid);
     var acc = zero8();
     var total = 0u;
-    var q = load_quad(k0 + 4u * lid, k1);
+    let inv = norm_inv(lid);
+    var q = load_quad(k0 + 4u * lid, k1, inv);
     for (var s = k0; s < k1; s += LMAX) {
         let n = compact_tree(lid, s + 4u * lid, q);
-        q = load_quad(s + LMAX + 4u * lid, k1);
+        q = load_quad(s + LMAX + 4u * lid, k1, inv);
         publish(lid, wid.x, k0 + total, n);
         acc = stream_f16(acc, lid, wid.x, n);
         total += n;
@@ -432,10 +482,11 @@ fn sparse_affine4(
     let k1 = chunk_end(wid);
     var acc = zero8();
     var total = 0u;
-    var q = load_quad(k0 + 4u * lid, k1);
+    let inv = norm_inv(lid);
+    var q = load_quad(k0 + 4u * lid, k1, inv);
     for (var s = k0; s < k1; s += LMAX) {
         let n = compact_tree(lid, s + 4u * lid, q);
-        q = load_quad(s + LMAX + 4u * lid, k1);
+        q = load_quad(s + LMAX + 4u * lid, k1, inv);
         publish(lid, wid.x, k0 + total, n);
         acc = stream_affine4(acc, lid, wid.x, n);
         total += n;
@@ -459,10 +510,11 @@ fn sparse_f16_subgroup(
     let k1 = chunk_end(wid);
     var acc = zero8();
     var total = 0u;
-    var q = load_quad(k0 + 4u * slot, k1);
+    let inv = norm_inv(lid);
+    var q = load_quad(k0 + 4u * slot, k1, inv);
     for (var s = k0; s < k1; s += LMAX) {
         let n = compact_subgroup(s + 4u * slot, q, sg_lane, sg_id, sg_count);
-        q = load_quad(s + LMAX + 4u * slot, k1);
+        q = load_quad(s + LMAX + 4u * slot, k1, inv);
         publish(lid, wid.x, k0 + total, n);
         acc = stream_f16(acc, lid, wid.x, n);
         total += n;
@@ -486,10 +538,11 @@ fn sparse_affine4_subgroup(
     let k1 = chunk_end(wid);
     var acc = zero8();
     var total = 0u;
-    var q = load_quad(k0 + 4u * slot, k1);
+    let inv = norm_inv(lid);
+    var q = load_quad(k0 + 4u * slot, k1, inv);
     for (var s = k0; s < k1; s += LMAX) {
         let n = compact_subgroup(s + 4u * slot, q, sg_lane, sg_id, sg_count);
-        q = load_quad(s + LMAX + 4u * slot, k1);
+        q = load_quad(s + LMAX + 4u * slot, k1, inv);
         publish(lid, wid.x, k0 + total, n);
         acc = stream_affine4(acc, lid, wid.x, n);
         total += n;

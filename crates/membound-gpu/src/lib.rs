@@ -20,7 +20,9 @@ pub use kernels::dense::{DenseGemv, WeightDType, dense_gemv_reference};
 pub use kernels::fill::{Fill, fill_buffer};
 pub use kernels::llama::{AttentionShape, KvCache, KvDType, StepBuffer};
 pub use kernels::lut::{LutGemv, LutSource};
-pub use kernels::sparse::{Compaction, SparseDType, SparseGemv, SparseTuning, Threshold};
+pub use kernels::sparse::{
+    Compaction, SparseDType, SparseGemv, SparseInput, SparseTuning, Threshold,
+};
 pub use pipeline::{Binding, Pipeline, PipelineSpec};
 pub use shaders::{SHADERS, Shader};
 pub use timing::{TimingMethod, Timings};

@@ -565,3 +565,106 @@ fn accumulate_adds_to_the_output_exactly() {
         );
     }
 }
+
+/// A threshold at `sparsity` that sits in a gap of the magnitudes, so that
+/// inputs computed on the GPU a few ulps apart from the CPU's (exp, the
+/// norm's square root) fall on the same side of it.
+fn gap_tau(x: &[f32], sparsity: f64) -> f32 {
+    let mut m: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    m.sort_by(f32::total_cmp);
+    let mut k = ((sparsity * m.len() as f64) as usize).clamp(1, m.len() - 1);
+    while k + 1 < m.len() && m[k] - m[k - 1] < 1e-4 * m[k] {
+        k += 1;
+    }
+    0.5 * (m[k - 1] + m[k])
+}
+
+/// SwiGLU and RMSNorm inputs made in the kernel equal the plain kernel's
+/// reference on the input made on the CPU: the same active set, values
+/// within a few ulps, y within the plain tolerance plus 1e-5 of the
+/// magnitudes; with one chunk and several, with and without accumulation.
+#[test]
+fn swiglu_and_rms_norm_inputs() {
+    use membound_gpu::SparseInput;
+    for &(set, disable) in FEATURE_SETS {
+        let Some(ctx) = context(disable) else { return };
+        let mut rng = Rng::new(10);
+        for (rows, cols) in [(70, 3000), (300, 64), (33, 4100)] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+            let gate_up: Vec<f32> = (0..2 * cols).map(|_| 3.0 * rng.unit()).collect();
+            let h: Vec<f32> = (0..cols).map(|_| 2.0 * rng.unit()).collect();
+            let g: Vec<f32> = (0..cols).map(|_| 0.5 + rng.unit().abs()).collect();
+            let y0: Vec<f32> = (0..rows).map(|_| rng.unit()).collect();
+            let silu: Vec<f32> = (0..cols)
+                .map(|j| {
+                    let a = gate_up[j];
+                    a / (1.0 + (-a).exp()) * gate_up[cols + j]
+                })
+                .collect();
+            let ms = h.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / cols as f64;
+            let inv = (1.0 / (ms + 1e-5).sqrt()) as f32;
+            let normed: Vec<f32> = h.iter().zip(&g).map(|(a, b)| a * b * inv).collect();
+            let gv = GpuVector::from_slice(&ctx, "g", &g).unwrap();
+            for dtype in DTYPES {
+                let r = Reference::new(&w, rows, cols, dtype);
+                let base = r.upload(&ctx);
+                for target_workgroups in [1, 100_000] {
+                    let tuning = SparseTuning {
+                        threads_per_column: 16,
+                        target_workgroups,
+                    };
+                    let gemv = base.with_tuning(&ctx, tuning).unwrap();
+                    let cases: [(&str, &[f32], &[f32], Option<&GpuVector>, SparseInput); 2] = [
+                        ("swiglu", &gate_up, &silu, None, SparseInput::SwiGlu),
+                        (
+                            "norm",
+                            &h,
+                            &normed,
+                            Some(&gv),
+                            SparseInput::RmsNorm { eps: 1e-5 },
+                        ),
+                    ];
+                    for (name, raw, made, norm, input) in cases {
+                        if name == "swiglu" && cols % 4 != 0 {
+                            continue;
+                        }
+                        let tau = gap_tau(made, 0.6);
+                        let active = active_indices(made, tau);
+                        for accumulate in [false, true] {
+                            let what = format!(
+                                "{set} {dtype:?} {rows}×{cols} {name} acc={accumulate} ({} chunks)",
+                                gemv.chunks()
+                            );
+                            let xv = GpuVector::from_slice(&ctx, "x", raw).unwrap();
+                            let yv = GpuVector::from_slice(&ctx, "y", &y0).unwrap();
+                            let t = Threshold::new(&ctx, "τ", tau).unwrap();
+                            let d = gemv
+                                .bind_with(&ctx, &xv, norm, &t, &yv, accumulate, input)
+                                .unwrap();
+                            ctx.submit(&[&d]).unwrap();
+                            let got = yv.read(&ctx).unwrap();
+                            let c = gemv.read_compaction(&ctx).unwrap();
+                            assert_eq!(c.indices, active, "{what}: active set");
+                            for (k, &j) in active.iter().enumerate() {
+                                let (a, b) = (c.values[k], made[j as usize]);
+                                assert!(
+                                    (a - b).abs() <= 1e-5 * b.abs(),
+                                    "{what}: value {j}: {a} vs {b}"
+                                );
+                            }
+                            let want = r.sparse_gemv(made, &active);
+                            let mag = r.magnitudes(rows, made, &active);
+                            for row in 0..rows {
+                                let add = if accumulate { y0[row] } else { 0.0 };
+                                let w = f64::from(want[row]) + f64::from(add);
+                                let err = (f64::from(got[row]) - w).abs();
+                                let tol = 1e-5 * (mag[row] + f64::from(add.abs())) + 1e-6;
+                                assert!(err <= tol, "{what} row {row}: got {}, want {w}", got[row]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

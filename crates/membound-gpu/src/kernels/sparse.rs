@@ -143,6 +143,26 @@ pub struct Compaction {
     pub values: Vec<f32>,
 }
 
+/// How a sparse GEMV makes its input from the vector it is bound to, in
+/// the same dispatch (so no other dispatch has to write the input first).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum SparseInput {
+    /// The vector as it is.
+    #[default]
+    Plain,
+    /// The vector holds `[gate; up]`, `2·cols` values; the input is
+    /// `silu(gate)·up` (a down projection reading the gate/up output).
+    /// Needs `cols` a multiple of 4.
+    SwiGlu,
+    /// The input is the vector RMS-normalised with this ε and the scale
+    /// given to [`SparseGemv::bind_with`] (a gate/up projection reading the
+    /// residual stream).
+    RmsNorm {
+        /// ε under the square root.
+        eps: f32,
+    },
+}
+
 /// Per-matrix constants of `sparse_gemv.wgsl` (its `Params`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
@@ -167,6 +187,10 @@ const GEMV_BINDINGS_F16: &[Binding] = &[
     Binding::StorageReadWrite,
     Binding::StorageReadWrite,
     Binding::StorageReadWrite,
+    // The affine kernels' scales (unused here; the weights are bound).
+    Binding::Storage,
+    // NORM_IN's scale (the input when unused).
+    Binding::Storage,
 ];
 
 const GEMV_BINDINGS_AFFINE: &[Binding] = &[
@@ -177,6 +201,7 @@ const GEMV_BINDINGS_AFFINE: &[Binding] = &[
     Binding::StorageReadWrite,
     Binding::StorageReadWrite,
     Binding::StorageReadWrite,
+    Binding::Storage,
     Binding::Storage,
 ];
 
@@ -534,7 +559,8 @@ impl SparseGemv {
         tau: &Threshold,
         y: &GpuVector,
     ) -> Result<Dispatch> {
-        let (mut first, second) = self.bind_stages_with(ctx, x, tau, y, true)?;
+        let (mut first, second) =
+            self.bind_stages_with(ctx, x, None, tau, y, true, SparseInput::Plain)?;
         if let Some(second) = second {
             first.extend(second);
         }
@@ -552,29 +578,103 @@ impl SparseGemv {
         tau: &Threshold,
         y: &GpuVector,
     ) -> Result<(Dispatch, Option<Dispatch>)> {
-        self.bind_stages_with(ctx, x, tau, y, false)
+        self.bind_stages_with(ctx, x, None, tau, y, false, SparseInput::Plain)
     }
 
+    /// The general form of the binds above: the input made from `x` as
+    /// `input` says (`norm_w`: the RMSNorm scale, at least `cols` values,
+    /// for [`SparseInput::RmsNorm`] only), added to `y` if `accumulate`.
+    /// The threshold applies to the input so made.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_with(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        norm_w: Option<&GpuVector>,
+        tau: &Threshold,
+        y: &GpuVector,
+        accumulate: bool,
+        input: SparseInput,
+    ) -> Result<Dispatch> {
+        let (mut first, second) =
+            self.bind_stages_with(ctx, x, norm_w, tau, y, accumulate, input)?;
+        if let Some(second) = second {
+            first.extend(second);
+        }
+        Ok(first)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn bind_stages_with(
         &self,
         ctx: &GpuContext,
         x: &GpuVector,
+        norm_w: Option<&GpuVector>,
         tau: &Threshold,
         y: &GpuVector,
         accumulate: bool,
+        input: SparseInput,
     ) -> Result<(Dispatch, Option<Dispatch>)> {
         let what = || format!("sparse GEMV `{}`", self.name);
-        if x.len() < self.cols {
+        let need = if input == SparseInput::SwiGlu {
+            2 * self.cols
+        } else {
+            self.cols
+        };
+        if x.len() < need {
             return Err(GpuError::invalid(
                 what(),
                 format!(
-                    "input `{}` has {} values, needs {}",
+                    "input `{}` has {} values, needs {need}",
                     x.buffer().name(),
                     x.len(),
+                ),
+            ));
+        }
+        if input == SparseInput::SwiGlu && self.cols % 4 != 0 {
+            return Err(GpuError::invalid(
+                what(),
+                format!(
+                    "SwiGLU input needs a multiple of 4 columns, not {}",
                     self.cols
                 ),
             ));
         }
+        let g = match (input, norm_w) {
+            (SparseInput::RmsNorm { eps }, Some(g)) => {
+                if g.len() < self.cols {
+                    return Err(GpuError::invalid(
+                        what(),
+                        format!(
+                            "norm scale `{}` has {} values, needs {}",
+                            g.buffer().name(),
+                            g.len(),
+                            self.cols
+                        ),
+                    ));
+                }
+                if !(eps.is_finite() && eps >= 0.0) {
+                    return Err(GpuError::invalid(
+                        what(),
+                        format!("RMSNorm ε {eps} is not a finite value ≥ 0"),
+                    ));
+                }
+                g
+            }
+            (SparseInput::RmsNorm { .. }, None) => {
+                return Err(GpuError::invalid(
+                    what(),
+                    "RMSNorm input without a norm scale".to_owned(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(GpuError::invalid(
+                    what(),
+                    "a norm scale without RMSNorm input".to_owned(),
+                ));
+            }
+            (_, None) => x,
+        };
         if y.len() < self.rows {
             return Err(GpuError::invalid(
                 what(),
@@ -609,13 +709,21 @@ impl SparseGemv {
             compact,
             &s.counts,
         ];
-        if let Some(scales) = &self.scales {
-            buffers.push(scales);
-        }
+        // Binding 7: the scales, or (f16) the weights as a stand-in.
+        buffers.push(self.scales.as_deref().unwrap_or(&*self.weights));
+        buffers.push(g.buffer());
         // With one chunk the first stage writes y (and adds to it); with
         // several, the second does.
-        let pipeline = if accumulate && s.split.is_none() {
-            gemv_pipeline(ctx, self.dtype, self.plan.wg, self.plan.tpc, true)?
+        let add_here = accumulate && s.split.is_none();
+        let pipeline = if add_here || input != SparseInput::Plain {
+            gemv_pipeline(
+                ctx,
+                self.dtype,
+                self.plan.wg,
+                self.plan.tpc,
+                add_here,
+                input,
+            )?
         } else {
             Arc::clone(&self.pipeline)
         };
@@ -885,7 +993,7 @@ fn prepare(
         groups,
     } = *shape;
     let plan = plan(ctx, name, rows, cols, stride, tuning)?;
-    let pipeline = gemv_pipeline(ctx, dtype, plan.wg, plan.tpc, false)?;
+    let pipeline = gemv_pipeline(ctx, dtype, plan.wg, plan.tpc, false, SparseInput::Plain)?;
     let group_shift = match dtype {
         SparseDType::F16 => 0,
         SparseDType::Affine4 { group } => (group / UNIT_ROWS).ilog2(),
@@ -981,6 +1089,7 @@ fn gemv_pipeline(
     wg: u32,
     tpc: u32,
     accumulate: bool,
+    input: SparseInput,
 ) -> Result<Arc<Pipeline>> {
     let subgroups = ctx.features().subgroups;
     let (entry, bindings) = match (dtype, subgroups) {
@@ -996,6 +1105,18 @@ fn gemv_pipeline(
             ("WG", f64::from(wg)),
             ("TPC", f64::from(tpc)),
             ("ACCUM", f64::from(u8::from(accumulate))),
+            ("GLU_IN", f64::from(u8::from(input == SparseInput::SwiGlu))),
+            (
+                "NORM_IN",
+                f64::from(u8::from(matches!(input, SparseInput::RmsNorm { .. }))),
+            ),
+            (
+                "NORM_EPS",
+                match input {
+                    SparseInput::RmsNorm { eps } => f64::from(eps),
+                    _ => 1e-5,
+                },
+            ),
         ],
         bindings,
     })

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use half::f16;
 use membound_codec::{AffineCodec, Encoded, Spec, codec_from_spec};
+use membound_gpu::SparseInput;
 use membound_gpu::kernels::Fusion;
 use membound_gpu::kernels::llama as ops;
 use membound_gpu::wgpu;
@@ -969,6 +970,9 @@ impl GpuLlama {
             swiglu: true,
             ..normed
         };
+        // The sparse down kernel can take the gate/up output and apply
+        // SwiGLU itself when the hidden width is a multiple of 4.
+        let glu_in = h % 4 == 0;
         for (i, l) in layers.into_iter().enumerate() {
             let cache = KvCache::new(c, i, &shape)?;
             if fuse {
@@ -998,6 +1002,7 @@ impl GpuLlama {
             } else {
                 calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
             }
+            let sparse_gate_up_here = matches!(l.gate_up, Down::Sparse(_));
             match l.gate_up {
                 Down::Dense(m) if fuse => {
                     calls.push((
@@ -1015,13 +1020,26 @@ impl GpuLlama {
                     calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
                     matrices.push(m);
                 }
+                Down::Sparse(m) if fuse => {
+                    // The norm is made as the residual is loaded; the down
+                    // projection applies SwiGLU to the raw gate/up output
+                    // as it loads it (or, for a width off the kernel's
+                    // granule of 4, a SwiGLU dispatch does).
+                    let tau = Threshold::new(c, &format!("layer {i} gate/up τ"), 0.0)?;
+                    let input = SparseInput::RmsNorm { eps };
+                    calls.push((
+                        OpKind::SparseGateUp,
+                        m.bind_with(c, &x, Some(&l.ffn_norm), &tau, &gate_up, false, input)?,
+                    ));
+                    if !glu_in {
+                        calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
+                    }
+                    sparse_bytes += m.weight_bytes();
+                    sparse_gate_up.push((*m, tau));
+                }
                 Down::Sparse(m) => {
                     // Norm, sparse GEMV of the normed input, SwiGLU.
-                    let norm = if fuse {
-                        ops::rms_norm(c, &x, &l.ffn_norm, eps, &xb)?
-                    } else {
-                        ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?
-                    };
+                    let norm = ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?;
                     calls.push((OpKind::Elementwise, norm));
                     let tau = Threshold::new(c, &format!("layer {i} gate/up τ"), 0.0)?;
                     calls.push((
@@ -1047,7 +1065,9 @@ impl GpuLlama {
                 }
                 Down::Sparse(m) => {
                     let tau = Threshold::new(c, &format!("layer {i} down τ"), 0.0)?;
-                    let d = if fuse {
+                    let d = if fuse && sparse_gate_up_here && glu_in {
+                        m.bind_with(c, &gate_up, None, &tau, down_out, true, SparseInput::SwiGlu)?
+                    } else if fuse {
                         m.bind_accumulate(c, &hidden, &tau, down_out)?
                     } else {
                         m.bind_threshold(c, &hidden, &tau, down_out)?
