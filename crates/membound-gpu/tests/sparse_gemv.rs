@@ -579,6 +579,15 @@ fn gap_tau(x: &[f32], sparsity: f64) -> f32 {
     0.5 * (m[k - 1] + m[k])
 }
 
+/// (name, vector bound, input made from it on the CPU, norm scale, mode).
+type Case<'a> = (
+    &'a str,
+    &'a [f32],
+    &'a [f32],
+    Option<&'a GpuVector>,
+    membound_gpu::SparseInput,
+);
+
 /// SwiGLU and RMSNorm inputs made in the kernel equal the plain kernel's
 /// reference on the input made on the CPU: the same active set, values
 /// within a few ulps, y within the plain tolerance plus 1e-5 of the
@@ -614,7 +623,7 @@ fn swiglu_and_rms_norm_inputs() {
                         target_workgroups,
                     };
                     let gemv = base.with_tuning(&ctx, tuning).unwrap();
-                    let cases: [(&str, &[f32], &[f32], Option<&GpuVector>, SparseInput); 2] = [
+                    let cases: [Case<'_>; 2] = [
                         ("swiglu", &gate_up, &silu, None, SparseInput::SwiGlu),
                         (
                             "norm",
