@@ -1339,13 +1339,20 @@ impl SparsityArgs {
             device: if on_gpu { "gpu" } else { "cpu" },
         };
         if let Some(dtype) = sparse_dtype {
-            // One τ per layer for the down projection; others are refused.
-            let mut taus = vec![0f32; cfg.n_layers];
+            // One τ per layer for the down projection, and for gate/up when
+            // the sidecar has them (their normalised input, as on the
+            // CPU); other sites are refused.
+            let n = cfg.n_layers;
+            let mut taus = vec![0f32; n];
+            let mut gate_up: Option<Vec<f32>> = None;
             for (k, &t) in &thresholds {
                 match membound::sparsity::parse_site_key(k) {
-                    Some((l, Site::Down)) if l < cfg.n_layers => taus[l] = t,
+                    Some((l, Site::Down)) if l < n => taus[l] = t,
+                    Some((l, Site::GateUp)) if l < n => {
+                        gate_up.get_or_insert_with(|| vec![0.0; n])[l] = t;
+                    }
                     _ => bail!(
-                        "threshold {k}: sparse decoding on the GPU thresholds layers.N.down only (pass --device cpu for other sites)"
+                        "threshold {k}: sparse decoding on the GPU thresholds layers.N.down and layers.N.gate_up only (pass --device cpu for other sites)"
                     ),
                 }
             }
@@ -1358,12 +1365,16 @@ impl SparsityArgs {
                 &prepared,
                 membound::model::GpuLlamaOptions {
                     sparse_down: Some(dtype),
+                    sparse_gate_up: gate_up.is_some(),
                     context: opts.context,
                     kv_cache: opts.kv_cache,
                     ..Default::default()
                 },
             )?;
             g.set_down_thresholds(&taus)?;
+            if let Some(t) = &gate_up {
+                g.set_gate_up_thresholds(t)?;
+            }
             return Ok((
                 engine,
                 Sparse {
