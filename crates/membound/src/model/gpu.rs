@@ -539,8 +539,9 @@ pub struct GpuLlamaOptions {
     pub sparse_down: Option<SparseDType>,
     /// With `sparse_down`, the fused gate/up projections too, in the same
     /// dtype (TEAL-style: their RMS-normalised input is thresholded, per
-    /// layer by [`GpuLlama::set_gate_up_thresholds`]). The norm and SwiGLU
-    /// then run as their own dispatches around the sparse GEMV.
+    /// layer by [`GpuLlama::set_gate_up_thresholds`]). Fused, the sparse
+    /// gate/up kernel normalises the residual as it loads it and the
+    /// sparse down kernel applies SwiGLU to its output as it loads that.
     pub sparse_gate_up: bool,
     /// How the KV cache stores keys and values (f32 by default; f16, or
     /// 8/4-bit codes with a scale and minimum per 32 values of a head).
@@ -666,13 +667,13 @@ struct LayerParts {
     bias: Option<GpuVector>,
     wo: GpuMatrix,
     ffn_norm: GpuVector,
-    gate_up: Down,
-    down: Down,
+    gate_up: Proj,
+    down: Proj,
 }
 
 /// A block's down (or gate/up) projection: dense, or activation-sparse.
 #[derive(Debug)]
-enum Down {
+enum Proj {
     Dense(GpuMatrix),
     Sparse(Box<SparseGemv>),
 }
@@ -745,7 +746,7 @@ impl GpuLlama {
                         &l.ffn_norm,
                     )?,
                     gate_up: match (opts.sparse_down, opts.sparse_gate_up) {
-                        (Some(dtype), true) => Down::Sparse(Box::new(sparse_down(
+                        (Some(dtype), true) => Proj::Sparse(Box::new(sparse_down(
                             c,
                             &l.gate_up.role,
                             l.gate_up.rows,
@@ -753,11 +754,11 @@ impl GpuLlama {
                             &l.gate_up.decoded()?,
                             dtype,
                         )?)),
-                        _ => Down::Dense(l.gate_up.upload(c)?),
+                        _ => Proj::Dense(l.gate_up.upload(c)?),
                     },
                     down: match opts.sparse_down {
-                        None => Down::Dense(l.down.upload(c)?),
-                        Some(dtype) => Down::Sparse(Box::new(sparse_down(
+                        None => Proj::Dense(l.down.upload(c)?),
+                        Some(dtype) => Proj::Sparse(Box::new(sparse_down(
                             c,
                             &l.down.role,
                             l.down.rows,
@@ -848,7 +849,7 @@ impl GpuLlama {
                 wo: matrix(format!("layers.{i}.wo"), d, d)?,
                 ffn_norm: ones(format!("layer {i} ffn norm"))?,
                 gate_up: match (opts.sparse_down, opts.sparse_gate_up) {
-                    (Some(dtype), true) => Down::Sparse(Box::new(SparseGemv::synthetic(
+                    (Some(dtype), true) => Proj::Sparse(Box::new(SparseGemv::synthetic(
                         c,
                         &format!("layers.{i}.gate_up (sparse)"),
                         2 * h,
@@ -857,11 +858,11 @@ impl GpuLlama {
                         seed.wrapping_add(5_555 + i as u32),
                         (3.0 / d as f32).sqrt(),
                     )?)),
-                    _ => Down::Dense(matrix(format!("layers.{i}.gate_up"), 2 * h, d)?),
+                    _ => Proj::Dense(matrix(format!("layers.{i}.gate_up"), 2 * h, d)?),
                 },
                 down: match opts.sparse_down {
-                    None => Down::Dense(matrix(format!("layers.{i}.w_down"), d, h)?),
-                    Some(dtype) => Down::Sparse(Box::new(SparseGemv::synthetic(
+                    None => Proj::Dense(matrix(format!("layers.{i}.w_down"), d, h)?),
+                    Some(dtype) => Proj::Sparse(Box::new(SparseGemv::synthetic(
                         c,
                         &format!("layers.{i}.w_down (sparse)"),
                         d,
@@ -954,8 +955,8 @@ impl GpuLlama {
                 l.qkv.can_fuse()
                     && l.wo.can_fuse()
                     && [&l.gate_up, &l.down].iter().all(|p| match p {
-                        Down::Dense(m) => m.can_fuse(),
-                        Down::Sparse(_) => true,
+                        Proj::Dense(m) => m.can_fuse(),
+                        Proj::Sparse(_) => true,
                     })
             });
         let normed = Fusion {
@@ -1002,16 +1003,16 @@ impl GpuLlama {
             } else {
                 calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
             }
-            let sparse_gate_up_here = matches!(l.gate_up, Down::Sparse(_));
+            let sparse_gate_up_here = matches!(l.gate_up, Proj::Sparse(_));
             match l.gate_up {
-                Down::Dense(m) if fuse => {
+                Proj::Dense(m) if fuse => {
                     calls.push((
                         OpKind::Gemv,
                         m.bind_fused(c, &x, Some(&l.ffn_norm), &hidden, glu)?,
                     ));
                     matrices.push(m);
                 }
-                Down::Dense(m) => {
+                Proj::Dense(m) => {
                     calls.push((
                         OpKind::Elementwise,
                         ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?,
@@ -1020,7 +1021,7 @@ impl GpuLlama {
                     calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
                     matrices.push(m);
                 }
-                Down::Sparse(m) if fuse => {
+                Proj::Sparse(m) if fuse => {
                     // The norm is made as the residual is loaded; the down
                     // projection applies SwiGLU to the raw gate/up output
                     // as it loads it (or, for a width off the kernel's
@@ -1037,7 +1038,7 @@ impl GpuLlama {
                     sparse_bytes += m.weight_bytes();
                     sparse_gate_up.push((*m, tau));
                 }
-                Down::Sparse(m) => {
+                Proj::Sparse(m) => {
                     // Norm, sparse GEMV of the normed input, SwiGLU.
                     let norm = ops::add_rms_norm(c, &x, &y, &l.ffn_norm, eps, &xb)?;
                     calls.push((OpKind::Elementwise, norm));
@@ -1054,7 +1055,7 @@ impl GpuLlama {
             // Fused, the down projection adds into the residual stream.
             let down_out = if fuse { &x } else { &y };
             match l.down {
-                Down::Dense(m) => {
+                Proj::Dense(m) => {
                     let d = if fuse {
                         m.bind_fused(c, &hidden, None, &x, add)?
                     } else {
@@ -1063,7 +1064,7 @@ impl GpuLlama {
                     calls.push((OpKind::Down, d));
                     matrices.push(m);
                 }
-                Down::Sparse(m) => {
+                Proj::Sparse(m) => {
                     let tau = Threshold::new(c, &format!("layer {i} down τ"), 0.0)?;
                     let d = if fuse && sparse_gate_up_here && glu_in {
                         m.bind_with(c, &gate_up, None, &tau, down_out, true, SparseInput::SwiGlu)?
