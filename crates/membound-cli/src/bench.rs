@@ -68,7 +68,7 @@ struct DecodeArgs {
     seed: u32,
     /// Command submissions per token: more than 1 lets the GPU start while
     /// the host still records the rest of the token.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 4)]
     submissions: usize,
     /// Record the unfused step: separate RMSNorm+residual, SwiGLU and
     /// final-norm dispatches (8 a block instead of 5), to measure what the

@@ -62,7 +62,7 @@ impl Default for Config {
             context: None,
             profile_reps: 10,
             seed: 1,
-            submissions: 1,
+            submissions: 4,
             sparsity: None,
             kv_cache: KvDType::F32,
             down_thresholds: None,

@@ -552,8 +552,10 @@ pub struct GpuLlamaOptions {
     /// Positions the KV cache holds; `None`: the model's context, at most
     /// 4096.
     pub context: Option<usize>,
-    /// Command submissions per token (at least 1). With more than one, the
-    /// GPU starts on the first layers while the host records the rest.
+    /// Command submissions per token (at least 1; 4 by default). With more
+    /// than one, the GPU starts on the first layers while the host records
+    /// the rest: on an H100, SmolLM2 took 1.45 ms a token with 1, 1.30 with
+    /// 4 and 1.19 with 8 (1.39 with 16); the 8B shape 7.00, 6.93 and 6.89.
     pub submissions: usize,
     /// Fuse RMSNorm into the GEMV after it, the residual adds into the o
     /// and down GEMVs, and SwiGLU into the gate/up GEMV: 5 dispatches a
@@ -570,7 +572,7 @@ impl Default for GpuLlamaOptions {
             kv_cache: KvDType::F32,
             split_attention_from: LONG_CONTEXT,
             context: None,
-            submissions: 1,
+            submissions: 4,
             fuse: true,
         }
     }
