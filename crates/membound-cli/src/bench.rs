@@ -80,6 +80,11 @@ struct DecodeArgs {
     /// target share), not only the down projections.
     #[arg(long, requires = "sparsity")]
     sparse_gate_up: bool,
+    /// With --sparsity: make the q/k/v projections (on their normalised
+    /// input) and the o projections (on the attention output) sparse too.
+    /// With --sparse-gate-up this thresholds every projection input.
+    #[arg(long, requires = "sparsity")]
+    sparse_attention: bool,
     /// Also run each weight spec with activation-sparse down projections
     /// skipping this share of their inputs (0.5 = 50%), thresholds
     /// calibrated on the GPU; reports the speedup over dense next to the
@@ -313,6 +318,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         down_thresholds: None,
         fuse: !a.unfused,
         sparse_gate_up: a.sparse_gate_up,
+        sparse_attention: a.sparse_attention,
     };
     let loaded;
     let subject = match (&a.synthetic, &a.model) {
@@ -372,17 +378,27 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         let split = r.split.as_ref();
         t.add_row([
             match (r.sparsity, r.achieved_sparsity, r.achieved_gate_up_sparsity) {
-                (Some(s), Some(a), None) => format!(
+                (Some(s), Some(a), None) if r.achieved_qkv_sparsity.is_none() => format!(
                     "{} sparse down {:.0}% (got {:.1}%)",
                     r.weights,
                     s * 100.0,
                     a * 100.0
                 ),
-                (Some(s), Some(a), Some(g)) => format!(
+                (Some(s), Some(a), Some(g)) if r.achieved_qkv_sparsity.is_none() => format!(
                     "{} sparse gate/up+down {:.0}% (got {:.1}%/{:.1}%)",
                     r.weights,
                     s * 100.0,
                     g * 100.0,
+                    a * 100.0
+                ),
+                (Some(s), Some(a), g) => format!(
+                    "{} sparse {}{:.0}% (got qkv {:.1}%, o {:.1}%{}, down {:.1}%)",
+                    r.weights,
+                    if g.is_some() { "all " } else { "qkv+o+down " },
+                    s * 100.0,
+                    r.achieved_qkv_sparsity.unwrap_or(0.0) * 100.0,
+                    r.achieved_o_sparsity.unwrap_or(0.0) * 100.0,
+                    g.map_or(String::new(), |g| format!(", gate/up {:.1}%", g * 100.0)),
                     a * 100.0
                 ),
                 _ => r.weights.clone(),

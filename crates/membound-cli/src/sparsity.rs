@@ -1339,23 +1339,27 @@ impl SparsityArgs {
             device: if on_gpu { "gpu" } else { "cpu" },
         };
         if let Some(dtype) = sparse_dtype {
-            // One τ per layer for the down projection, and for gate/up when
-            // the sidecar has them (their normalised input, as on the
-            // CPU); other sites are refused.
+            // One τ per layer and site; sites the sidecar leaves out stay
+            // dense (gate/up, q/k/v and o), or at τ = 0 (down, and the
+            // other of q/k/v and o: the exact-zero test, lossless).
             let n = cfg.n_layers;
-            let mut taus = vec![0f32; n];
-            let mut gate_up: Option<Vec<f32>> = None;
+            let mut taus: Vec<Option<Vec<f32>>> = vec![None; Site::ALL.len()];
             for (k, &t) in &thresholds {
                 match membound::sparsity::parse_site_key(k) {
-                    Some((l, Site::Down)) if l < n => taus[l] = t,
-                    Some((l, Site::GateUp)) if l < n => {
-                        gate_up.get_or_insert_with(|| vec![0.0; n])[l] = t;
+                    Some((l, site)) if l < n => {
+                        let at = Site::ALL.iter().position(|s| *s == site).unwrap_or(0);
+                        taus[at].get_or_insert_with(|| vec![0.0; n])[l] = t;
                     }
                     _ => bail!(
-                        "threshold {k}: sparse decoding on the GPU thresholds layers.N.down and layers.N.gate_up only (pass --device cpu for other sites)"
+                        "threshold {k}: not a layers.N.{{qkv,o,gate_up,down}} key of this {n}-layer model"
                     ),
                 }
             }
+            let has = |site: Site| {
+                let at = Site::ALL.iter().position(|s| *s == site).unwrap_or(0);
+                taus[at].is_some()
+            };
+            let (gate_up, attention) = (has(Site::GateUp), has(Site::Qkv) || has(Site::O));
             let ctx = match gpu {
                 Some(c) => c,
                 None => crate::generate::open_gpu()?,
@@ -1365,15 +1369,17 @@ impl SparsityArgs {
                 &prepared,
                 membound::model::GpuLlamaOptions {
                     sparse_down: Some(dtype),
-                    sparse_gate_up: gate_up.is_some(),
+                    sparse_gate_up: gate_up,
+                    sparse_attention: attention,
                     context: opts.context,
                     kv_cache: opts.kv_cache,
                     ..Default::default()
                 },
             )?;
-            g.set_down_thresholds(&taus)?;
-            if let Some(t) = &gate_up {
-                g.set_gate_up_thresholds(t)?;
+            for (site, t) in Site::ALL.into_iter().zip(&taus) {
+                if let Some(t) = t {
+                    g.set_site_thresholds(site, t)?;
+                }
             }
             return Ok((
                 engine,

@@ -119,10 +119,12 @@ fn sidecar_written_and_applied() {
         err.contains("sparse decoding on the GPU") || err.contains("opening the GPU"),
         "{err}"
     );
-    // Gate/up and down thresholds both run on the GPU (f16 sparse
-    // kernels), where an adapter opens; q/k/v are refused there.
+    // Thresholds at every site run on the GPU (f16 sparse kernels),
+    // where an adapter opens; a key past the model's layers is refused.
     let mut t = serde_json::Map::new();
     for l in 0..5 {
+        t.insert(format!("layers.{l}.qkv"), 0.05.into());
+        t.insert(format!("layers.{l}.o"), 0.01.into());
         t.insert(format!("layers.{l}.gate_up"), 0.05.into());
         t.insert(format!("layers.{l}.down"), 0.02.into());
     }
@@ -148,7 +150,7 @@ fn sidecar_written_and_applied() {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["sparsity"]["device"], "gpu", "{out}");
         let mut doc = doc;
-        doc["thresholds"]["layers.0.qkv"] = 0.1.into();
+        doc["thresholds"]["layers.7.down"] = 0.1.into();
         std::fs::write(&side, doc.to_string()).unwrap();
         let (code, _, err) = membound(&[
             "eval",
@@ -161,7 +163,7 @@ fn sidecar_written_and_applied() {
         ]);
         assert_ne!(code, 0);
         assert!(
-            err.contains("layers.N.down and layers.N.gate_up only"),
+            err.contains("layers.7.down") && err.contains("5-layer model"),
             "{err}"
         );
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use membound_gpu::{GpuContext, KvDType, SparseDType};
 
 use crate::model::gpu::{OpKind, synthetic_config};
-use crate::model::{Decoder, GpuLlama, GpuLlamaOptions, LlamaConfig};
+use crate::model::{Decoder, GpuLlama, GpuLlamaOptions, LlamaConfig, Site};
 use crate::{Error, Result};
 
 /// Settings of a decode benchmark.
@@ -48,6 +48,9 @@ pub struct Config {
     /// With `sparsity`, make the gate/up projections activation-sparse too
     /// (their normalised input thresholded at the same target share).
     pub sparse_gate_up: bool,
+    /// With `sparsity`, make the q/k/v and o projections activation-sparse
+    /// too (every projection input thresholded at the same target share).
+    pub sparse_attention: bool,
     /// Record the fused step (see [`GpuLlamaOptions::fuse`]); `false` for
     /// the unfused one, to measure what fusion buys.
     pub fuse: bool,
@@ -68,6 +71,7 @@ impl Default for Config {
             down_thresholds: None,
             fuse: true,
             sparse_gate_up: false,
+            sparse_attention: false,
         }
     }
 }
@@ -109,6 +113,10 @@ pub struct Row {
     pub achieved_sparsity: Option<f64>,
     /// The same for the gate/up projections, when they are sparse.
     pub achieved_gate_up_sparsity: Option<f64>,
+    /// The same for q/k/v, when sparse.
+    pub achieved_qkv_sparsity: Option<f64>,
+    /// The same for o, when sparse.
+    pub achieved_o_sparsity: Option<f64>,
     /// Sparse rows: the down projections' time with τ = 0 (no input
     /// skipped but exact zeros), µs: the sparse kernel's overhead.
     pub down_dense_sparse_kernel_us: Option<f64>,
@@ -257,6 +265,7 @@ pub fn run(
             submissions: cfg.submissions,
             sparse_down: sparse.map(|(_, d)| d),
             sparse_gate_up: cfg.sparse_gate_up,
+            sparse_attention: cfg.sparse_attention,
             kv_cache: cfg.kv_cache,
             fuse: cfg.fuse,
             ..Default::default()
@@ -265,10 +274,11 @@ pub fn run(
             None => format!("{spec} weights"),
             Some((s, _)) => format!(
                 "{spec} weights, sparse {} projections at {:.0}%",
-                if cfg.sparse_gate_up {
-                    "gate/up and down"
-                } else {
-                    "down"
+                match (cfg.sparse_attention, cfg.sparse_gate_up) {
+                    (true, true) => "q/k/v, o, gate/up and down",
+                    (true, false) => "q/k/v, o and down",
+                    (false, true) => "gate/up and down",
+                    (false, false) => "down",
                 },
                 s * 100.0
             ),
@@ -289,9 +299,11 @@ pub fn run(
                     m.calibrate_down(*target, 1, 0)?;
                 }
             }
-            if m.is_gate_up_sparse() {
-                progress("calibrating gate/up thresholds");
-                m.calibrate_gate_up(*target, 1, 0)?;
+            for site in [Site::Qkv, Site::O, Site::GateUp] {
+                if m.is_site_sparse(site) {
+                    progress(&format!("calibrating {} thresholds", site.name()));
+                    m.calibrate_site(site, *target, 1, 0)?;
+                }
             }
         }
         progress(&format!("decoding {} tokens", needed - 1));
@@ -317,13 +329,17 @@ pub fn run(
         } else {
             None
         };
-        let achieved_gate_up = if m.is_gate_up_sparse() {
-            let act = m.gate_up_activity()?;
+        let achieved_at = |site: Site| -> Result<Option<f64>> {
+            if !m.is_site_sparse(site) {
+                return Ok(None);
+            }
+            let act = m.site_activity(site)?;
             let (a, t) = act.iter().fold((0, 0), |(a, t), (x, y)| (a + x, t + y));
-            Some(1.0 - a as f64 / t as f64)
-        } else {
-            None
+            Ok(Some(1.0 - a as f64 / t as f64))
         };
+        let achieved_gate_up = achieved_at(Site::GateUp)?;
+        let achieved_qkv = achieved_at(Site::Qkv)?;
+        let achieved_o = achieved_at(Site::O)?;
         let ms = median.as_secs_f64() * 1e3;
         let tps = 1e3 / ms;
         let bytes = m.weight_bytes_per_token();
@@ -346,7 +362,8 @@ pub fn run(
                 gemv_us: kind(OpKind::Gemv)
                     + kind(OpKind::Down)
                     + kind(OpKind::SparseDown)
-                    + kind(OpKind::SparseGateUp),
+                    + kind(OpKind::SparseGateUp)
+                    + kind(OpKind::SparseAttention),
                 attention_us: kind(OpKind::Attention),
                 elementwise_us: kind(OpKind::Elementwise),
                 overhead_us: p.timestamps.then(|| us(p.token) - us(p.kernel_total())),
@@ -392,6 +409,8 @@ pub fn run(
             sparsity: sparse.map(|(s, _)| f64::from(s)),
             achieved_sparsity: achieved,
             achieved_gate_up_sparsity: achieved_gate_up,
+            achieved_qkv_sparsity: achieved_qkv,
+            achieved_o_sparsity: achieved_o,
             down_dense_sparse_kernel_us: sparse_zero,
             params: params(&model_cfg),
             weight_bytes: bytes,

@@ -34,7 +34,7 @@ use membound_gpu::{
 };
 use rayon::prelude::*;
 
-use super::{Decoder, LlamaConfig, LlamaWeights, RopeLayout};
+use super::{Decoder, LlamaConfig, LlamaWeights, RopeLayout, Site};
 use crate::{Error, Result};
 
 /// Codecs whose encodings a GPU kernel runs directly.
@@ -543,6 +543,10 @@ pub struct GpuLlamaOptions {
     /// gate/up kernel normalises the residual as it loads it and the
     /// sparse down kernel applies SwiGLU to its output as it loads that.
     pub sparse_gate_up: bool,
+    /// With `sparse_down`, the q/k/v projection (on its RMS-normalised
+    /// input, made in the kernel) and the o projection (on the attention
+    /// output) too: every projection input thresholded, as TEAL does.
+    pub sparse_attention: bool,
     /// How the KV cache stores keys and values (f32 by default; f16, or
     /// 8/4-bit codes with a scale and minimum per 32 values of a head).
     pub kv_cache: KvDType,
@@ -569,6 +573,7 @@ impl Default for GpuLlamaOptions {
         Self {
             sparse_down: None,
             sparse_gate_up: false,
+            sparse_attention: false,
             kv_cache: KvDType::F32,
             split_attention_from: LONG_CONTEXT,
             context: None,
@@ -590,6 +595,8 @@ pub enum OpKind {
     SparseDown,
     /// Activation-sparse gate/up projections.
     SparseGateUp,
+    /// Activation-sparse q/k/v and o projections.
+    SparseAttention,
     /// Attention over the KV cache.
     Attention,
     /// Embedding, norms, RoPE, SwiGLU, argmax.
@@ -641,6 +648,9 @@ pub struct GpuLlama {
     sparse: Vec<(SparseGemv, Threshold)>,
     /// Sparse gate/up projections and their thresholds, by layer.
     sparse_gate_up: Vec<(SparseGemv, Threshold)>,
+    /// Sparse q/k/v and o projections and their thresholds, by layer.
+    sparse_qkv: Vec<(SparseGemv, Threshold)>,
+    sparse_o: Vec<(SparseGemv, Threshold)>,
     /// Split attention for positions from `split_from` on: (index in
     /// `calls` it replaces, dispatch).
     long_attention: Vec<(usize, Dispatch)>,
@@ -665,9 +675,9 @@ enum Embedding {
 /// The resident pieces of one block, before recording.
 struct LayerParts {
     attn_norm: GpuVector,
-    qkv: GpuMatrix,
+    qkv: Proj,
     bias: Option<GpuVector>,
-    wo: GpuMatrix,
+    wo: Proj,
     ffn_norm: GpuVector,
     gate_up: Proj,
     down: Proj,
@@ -734,14 +744,34 @@ impl GpuLlama {
                         &format!("layer {i} attn norm"),
                         &l.attn_norm,
                     )?,
-                    qkv: l.qkv.upload(c)?,
+                    qkv: match (opts.sparse_down, opts.sparse_attention) {
+                        (Some(dtype), true) => Proj::Sparse(Box::new(sparse_down(
+                            c,
+                            &l.qkv.role,
+                            l.qkv.rows,
+                            l.qkv.cols,
+                            &l.qkv.decoded()?,
+                            dtype,
+                        )?)),
+                        _ => Proj::Dense(l.qkv.upload(c)?),
+                    },
                     bias: match &l.qkv_bias {
                         Some(b) => {
                             Some(GpuVector::from_slice(c, &format!("layer {i} qkv bias"), b)?)
                         }
                         None => None,
                     },
-                    wo: l.wo.upload(c)?,
+                    wo: match (opts.sparse_down, opts.sparse_attention) {
+                        (Some(dtype), true) => Proj::Sparse(Box::new(sparse_down(
+                            c,
+                            &l.wo.role,
+                            l.wo.rows,
+                            l.wo.cols,
+                            &l.wo.decoded()?,
+                            dtype,
+                        )?)),
+                        _ => Proj::Dense(l.wo.upload(c)?),
+                    },
                     ffn_norm: GpuVector::from_slice(
                         c,
                         &format!("layer {i} ffn norm"),
@@ -846,9 +876,31 @@ impl GpuLlama {
         for i in 0..cfg.n_layers {
             layers.push(LayerParts {
                 attn_norm: ones(format!("layer {i} attn norm"))?,
-                qkv: matrix(format!("layers.{i}.qkv"), d + 2 * kv, d)?,
+                qkv: match (opts.sparse_down, opts.sparse_attention) {
+                    (Some(dtype), true) => Proj::Sparse(Box::new(SparseGemv::synthetic(
+                        c,
+                        &format!("layers.{i}.qkv (sparse)"),
+                        d + 2 * kv,
+                        d,
+                        dtype,
+                        seed.wrapping_add(3_333 + i as u32),
+                        (3.0 / d as f32).sqrt(),
+                    )?)),
+                    _ => Proj::Dense(matrix(format!("layers.{i}.qkv"), d + 2 * kv, d)?),
+                },
                 bias: None,
-                wo: matrix(format!("layers.{i}.wo"), d, d)?,
+                wo: match (opts.sparse_down, opts.sparse_attention) {
+                    (Some(dtype), true) => Proj::Sparse(Box::new(SparseGemv::synthetic(
+                        c,
+                        &format!("layers.{i}.wo (sparse)"),
+                        d,
+                        d,
+                        dtype,
+                        seed.wrapping_add(4_444 + i as u32),
+                        (3.0 / d as f32).sqrt(),
+                    )?)),
+                    _ => Proj::Dense(matrix(format!("layers.{i}.wo"), d, d)?),
+                },
                 ffn_norm: ones(format!("layer {i} ffn norm"))?,
                 gate_up: match (opts.sparse_down, opts.sparse_gate_up) {
                     (Some(dtype), true) => Proj::Sparse(Box::new(SparseGemv::synthetic(
@@ -946,6 +998,8 @@ impl GpuLlama {
         let mut buffers = Vec::new();
         let mut sparse = Vec::new();
         let mut sparse_gate_up = Vec::new();
+        let mut sparse_qkv = Vec::new();
+        let mut sparse_o = Vec::new();
         let mut sparse_bytes = 0;
         let mut long_attention = Vec::new();
         // Fused: 5 dispatches a block. The residual stream x is read with
@@ -954,9 +1008,9 @@ impl GpuLlama {
         let fuse = opts.fuse
             && classifier.can_fuse()
             && layers.iter().all(|l| {
-                l.qkv.can_fuse()
-                    && l.wo.can_fuse()
-                    && [&l.gate_up, &l.down].iter().all(|p| match p {
+                [&l.qkv, &l.wo, &l.gate_up, &l.down]
+                    .iter()
+                    .all(|p| match p {
                         Proj::Dense(m) => m.can_fuse(),
                         Proj::Sparse(_) => true,
                     })
@@ -978,19 +1032,37 @@ impl GpuLlama {
         let glu_in = h % 4 == 0;
         for (i, l) in layers.into_iter().enumerate() {
             let cache = KvCache::new(c, i, &shape)?;
-            if fuse {
-                calls.push((
-                    OpKind::Gemv,
-                    l.qkv.bind_fused(c, &x, Some(&l.attn_norm), &qkv, normed)?,
-                ));
-            } else {
-                let norm_in = if i == 0 {
+            let norm_in = |c: &GpuContext| -> Result<Dispatch> {
+                Ok(if i == 0 {
                     ops::rms_norm(c, &x, &l.attn_norm, eps, &xb)?
                 } else {
                     ops::add_rms_norm(c, &x, &y, &l.attn_norm, eps, &xb)?
-                };
-                calls.push((OpKind::Elementwise, norm_in));
-                calls.push((OpKind::Gemv, l.qkv.bind(c, &xb, &qkv)?));
+                })
+            };
+            match l.qkv {
+                Proj::Dense(m) => {
+                    if fuse {
+                        let d = m.bind_fused(c, &x, Some(&l.attn_norm), &qkv, normed)?;
+                        calls.push((OpKind::Gemv, d));
+                    } else {
+                        calls.push((OpKind::Elementwise, norm_in(c)?));
+                        calls.push((OpKind::Gemv, m.bind(c, &xb, &qkv)?));
+                    }
+                    matrices.push(m);
+                }
+                Proj::Sparse(m) => {
+                    let tau = Threshold::new(c, &format!("layer {i} q/k/v τ"), 0.0)?;
+                    let d = if fuse {
+                        let input = SparseInput::RmsNorm { eps };
+                        m.bind_with(c, &x, Some(&l.attn_norm), &tau, &qkv, false, input)?
+                    } else {
+                        calls.push((OpKind::Elementwise, norm_in(c)?));
+                        m.bind_threshold(c, &xb, &tau, &qkv)?
+                    };
+                    calls.push((OpKind::SparseAttention, d));
+                    sparse_bytes += m.weight_bytes();
+                    sparse_qkv.push((*m, tau));
+                }
             }
             calls.push((
                 OpKind::Attention,
@@ -1000,10 +1072,27 @@ impl GpuLlama {
                 let d = ops::attention(c, ls, &step, &qkv, l.bias.as_ref(), &rope, &cache, &att)?;
                 long_attention.push((calls.len() - 1, d));
             }
-            if fuse {
-                calls.push((OpKind::Gemv, l.wo.bind_fused(c, &att, None, &x, add)?));
-            } else {
-                calls.push((OpKind::Gemv, l.wo.bind(c, &att, &y)?));
+            match l.wo {
+                Proj::Dense(m) => {
+                    let d = if fuse {
+                        m.bind_fused(c, &att, None, &x, add)?
+                    } else {
+                        m.bind(c, &att, &y)?
+                    };
+                    calls.push((OpKind::Gemv, d));
+                    matrices.push(m);
+                }
+                Proj::Sparse(m) => {
+                    let tau = Threshold::new(c, &format!("layer {i} o τ"), 0.0)?;
+                    let d = if fuse {
+                        m.bind_accumulate(c, &att, &tau, &x)?
+                    } else {
+                        m.bind_threshold(c, &att, &tau, &y)?
+                    };
+                    calls.push((OpKind::SparseAttention, d));
+                    sparse_bytes += m.weight_bytes();
+                    sparse_o.push((*m, tau));
+                }
             }
             let sparse_gate_up_here = matches!(l.gate_up, Proj::Sparse(_));
             match l.gate_up {
@@ -1081,7 +1170,6 @@ impl GpuLlama {
                 }
             }
             caches.push(cache);
-            matrices.extend([l.qkv, l.wo]);
             buffers.extend([l.attn_norm, l.ffn_norm]);
             buffers.extend(l.bias);
         }
@@ -1121,6 +1209,8 @@ impl GpuLlama {
             _matrices: matrices,
             sparse,
             sparse_gate_up,
+            sparse_qkv,
+            sparse_o,
             long_attention,
             split_from: opts.split_attention_from,
             pos: 0,
@@ -1165,30 +1255,68 @@ impl GpuLlama {
     /// Sets the sparse gate/up projections' thresholds on their normalised
     /// input: one τ per layer, or one for all.
     pub fn set_gate_up_thresholds(&mut self, taus: &[f32]) -> Result<()> {
-        set_thresholds(&self.ctx, &self.sparse_gate_up, taus, "gate/up")
+        self.set_site_thresholds(Site::GateUp, taus)
     }
 
     /// Per layer, the gate/up inputs read in the last token, and the width.
     pub fn gate_up_activity(&self) -> Result<Vec<(usize, usize)>> {
-        activity(&self.ctx, &self.sparse_gate_up)
+        self.site_activity(Site::GateUp)
     }
 
     /// [`GpuLlama::calibrate_down`] for the sparse gate/up projections
     /// (the down thresholds stay as they are).
     pub fn calibrate_gate_up(&mut self, target: f32, token: u32, pos: usize) -> Result<Vec<f32>> {
-        self.calibrate(true, target, token, pos)
+        self.calibrate(Site::GateUp, target, token, pos)
+    }
+
+    /// The sparse projections at `site`, by layer (empty where dense).
+    fn sparse_at(&self, site: Site) -> &[(SparseGemv, Threshold)] {
+        match site {
+            Site::Qkv => &self.sparse_qkv,
+            Site::O => &self.sparse_o,
+            Site::GateUp => &self.sparse_gate_up,
+            Site::Down => &self.sparse,
+        }
+    }
+
+    /// Whether the projections at `site` are activation-sparse.
+    pub fn is_site_sparse(&self, site: Site) -> bool {
+        !self.sparse_at(site).is_empty()
+    }
+
+    /// Sets the thresholds of the sparse projections at `site` (on the
+    /// input the CPU hook sees there): one τ per layer, or one for all.
+    pub fn set_site_thresholds(&mut self, site: Site, taus: &[f32]) -> Result<()> {
+        set_thresholds(&self.ctx, self.sparse_at(site), taus, site.name())
+    }
+
+    /// Per layer, the inputs at `site` read in the last token, and the width.
+    pub fn site_activity(&self, site: Site) -> Result<Vec<(usize, usize)>> {
+        activity(&self.ctx, self.sparse_at(site))
+    }
+
+    /// [`GpuLlama::calibrate_down`] for the projections at `site` (the
+    /// other sites' thresholds stay as they are).
+    pub fn calibrate_site(
+        &mut self,
+        site: Site,
+        target: f32,
+        token: u32,
+        pos: usize,
+    ) -> Result<Vec<f32>> {
+        self.calibrate(site, target, token, pos)
     }
 
     /// Sets the sparse down projections' thresholds: one τ per layer, or
     /// one for all. Inputs with |x| ≤ τ are skipped.
     pub fn set_down_thresholds(&mut self, taus: &[f32]) -> Result<()> {
-        set_thresholds(&self.ctx, &self.sparse, taus, "down")
+        self.set_site_thresholds(Site::Down, taus)
     }
 
     /// Per layer, the inputs of the down projection that were active (read)
     /// in the last token, and its width.
     pub fn down_activity(&self) -> Result<Vec<(usize, usize)>> {
-        activity(&self.ctx, &self.sparse)
+        self.site_activity(Site::Down)
     }
 
     /// Finds per-layer thresholds under which a share `target` of each
@@ -1197,33 +1325,17 @@ impl GpuLlama {
     /// later layers follow the thresholds of earlier ones), sets them and
     /// returns them.
     pub fn calibrate_down(&mut self, target: f32, token: u32, pos: usize) -> Result<Vec<f32>> {
-        self.calibrate(false, target, token, pos)
+        self.calibrate(Site::Down, target, token, pos)
     }
 
-    fn calibrate(
-        &mut self,
-        gate_up: bool,
-        target: f32,
-        token: u32,
-        pos: usize,
-    ) -> Result<Vec<f32>> {
-        let set = |m: &mut Self, t: &[f32]| {
-            if gate_up {
-                m.set_gate_up_thresholds(t)
-            } else {
-                m.set_down_thresholds(t)
-            }
-        };
+    fn calibrate(&mut self, site: Site, target: f32, token: u32, pos: usize) -> Result<Vec<f32>> {
+        let set = |m: &mut Self, t: &[f32]| m.set_site_thresholds(site, t);
         if !(0.0..1.0).contains(&target) {
             return Err(Error::Request(format!(
                 "target sparsity {target}: it must be in [0, 1)"
             )));
         }
-        let n = if gate_up {
-            self.sparse_gate_up.len()
-        } else {
-            self.sparse.len()
-        };
+        let n = self.sparse_at(site).len();
         let mut lo = vec![0.0f32; n];
         let mut hi = vec![f32::INFINITY; n];
         let mut tau = vec![0.0f32; n];
@@ -1239,11 +1351,7 @@ impl GpuLlama {
             }
             set(self, &tau)?;
             self.forward_argmax(token, pos)?;
-            let act = if gate_up {
-                self.gate_up_activity()?
-            } else {
-                self.down_activity()?
-            };
+            let act = self.site_activity(site)?;
             for (i, (active, cols)) in act.into_iter().enumerate() {
                 let skipped = 1.0 - active as f32 / cols as f32;
                 if skipped < target {
