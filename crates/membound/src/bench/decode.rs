@@ -37,7 +37,7 @@ pub struct Config {
     pub submissions: usize,
     /// Also run each spec with activation-sparse down projections whose
     /// thresholds skip this share of their inputs (calibrated on the GPU
-    /// on one token; f16 and 4-bit affine specs).
+    /// at the first timed position; f16 and 4-bit affine specs).
     pub sparsity: Option<f32>,
     /// How the KV cache stores keys and values.
     pub kv_cache: KvDType,
@@ -291,27 +291,31 @@ pub fn run(
             Subject::Model { build, .. } => build(spec, opts)?,
         };
         ctx.wait()?;
-        if let Some((target, _)) = sparse {
-            match &cfg.down_thresholds {
-                Some(taus) => m.set_down_thresholds(taus)?,
-                None => {
-                    progress("calibrating down-projection thresholds");
-                    m.calibrate_down(*target, 1, 0)?;
-                }
-            }
-            for site in [Site::Qkv, Site::O, Site::GateUp] {
-                if m.is_site_sparse(site) {
-                    progress(&format!("calibrating {} thresholds", site.name()));
-                    m.calibrate_site(site, *target, 1, 0)?;
-                }
-            }
-        }
         progress(&format!("decoding {} tokens", needed - 1));
         let mut tok = 1u32;
         let mut pos = 0;
         while pos < cfg.start_pos + cfg.warm_up_tokens {
             tok = m.forward_argmax(tok, pos)?;
             pos += 1;
+        }
+        // Thresholds are calibrated at the first timed position, with the
+        // cache holding the positions before it: at position 0 the
+        // attention output is v itself (repeated over each KV head's query
+        // heads), whose magnitudes are not those of later positions.
+        if let Some((target, _)) = sparse {
+            match &cfg.down_thresholds {
+                Some(taus) => m.set_down_thresholds(taus)?,
+                None => {
+                    progress("calibrating down-projection thresholds");
+                    m.calibrate_down(*target, tok, pos)?;
+                }
+            }
+            for site in [Site::Qkv, Site::O, Site::GateUp] {
+                if m.is_site_sparse(site) {
+                    progress(&format!("calibrating {} thresholds", site.name()));
+                    m.calibrate_site(site, *target, tok, pos)?;
+                }
+            }
         }
         let mut times = Vec::with_capacity(cfg.tokens);
         for _ in 0..cfg.tokens {
