@@ -154,6 +154,11 @@ struct KernelArgs {
     /// Small shapes and working set: a smoke test for software adapters.
     #[arg(long)]
     quick: bool,
+    /// Launch the affine kernels as ROWS,THREADS,WORDS (rows a workgroup,
+    /// threads a workgroup, code words a thread takes at once) instead of
+    /// the shape they pick, e.g. `8,128,2` (for tuning).
+    #[arg(long, value_name = "ROWS,THREADS,WORDS")]
+    launch: Option<String>,
     /// Also write the results as JSON to this file (`-` for stdout only).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -164,6 +169,19 @@ pub fn run(args: Args) -> Result<()> {
         What::Kernels(a) => run_kernels(a),
         What::Decode(a) => run_decode(a),
     }
+}
+
+fn parse_launch(s: &str) -> Result<membound_gpu::Launch> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let bad = || anyhow::anyhow!("--launch {s:?} is not ROWS,THREADS,WORDS (e.g. 8,128,2)");
+    let [r, t, w] = parts[..] else {
+        return Err(bad());
+    };
+    Ok(membound_gpu::Launch {
+        rows_per_workgroup: r.parse().map_err(|_| bad())?,
+        workgroup_size: t.parse().map_err(|_| bad())?,
+        unit_words: w.parse().map_err(|_| bad())?,
+    })
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize)> {
@@ -215,6 +233,9 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
             .iter()
             .map(|w| Weights::parse(w))
             .collect::<Result<_, _>>()?;
+    }
+    if let Some(l) = &a.launch {
+        cfg.affine_launch = Some(parse_launch(l)?);
     }
     let ctx = GpuContext::new()?;
     let info = ctx.adapter();

@@ -307,3 +307,62 @@ fn bench_kernels_quick_json() {
     let f16 = rows.iter().find(|r| r["weights"] == "f16").unwrap();
     assert!((f16["speedup_vs_dense_f16"].as_f64().unwrap() - 1.0).abs() < 1e-9);
 }
+
+/// `bench kernels --launch` tunes the affine kernels' launch shape (and
+/// rejects shapes the kernel cannot run), and `MEMBOUND_SHADER_DIR` swaps in
+/// WGSL from a folder at run time: a copy of the real shader runs, a broken
+/// one fails with an error naming the file.
+#[test]
+fn bench_kernels_launch_and_shader_dir() {
+    if std::env::var("MEMBOUND_SKIP_GPU").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: MEMBOUND_SKIP_GPU=1");
+        return;
+    }
+    let base = [
+        "bench",
+        "kernels",
+        "--quick",
+        "--shapes",
+        "40x96",
+        "--weights",
+        "affine4",
+    ];
+    let run = |extra: &[&str], shader_dir: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_membound"));
+        cmd.args(base).args(extra);
+        match shader_dir {
+            Some(d) => cmd.env("MEMBOUND_SHADER_DIR", d),
+            None => cmd.env_remove("MEMBOUND_SHADER_DIR"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["--launch", "4,64,1"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("affine4-g64"), "{out}");
+    let (code, _, err) = run(&["--launch", "3,64,1"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("4 or 8"), "{err}");
+    let (code, _, err) = run(&["--launch", "8x128"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("ROWS,THREADS,WORDS"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let shader = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shaders/gemv_affine.wgsl");
+    let text = std::fs::read_to_string(shader).unwrap();
+    std::fs::write(dir.path().join("gemv_affine.wgsl"), &text).unwrap();
+    let (code, _, err) = run(&[], Some(dir.path()));
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        dir.path().join("gemv_affine.wgsl"),
+        text.replace("fn fold(", "fn fold(!"),
+    )
+    .unwrap();
+    let (code, _, err) = run(&[], Some(dir.path()));
+    assert_ne!(code, 0);
+    assert!(err.contains("gemv_affine.wgsl"), "{err}");
+}

@@ -14,6 +14,10 @@ pub const ENV_ADAPTER: &str = "MEMBOUND_GPU_ADAPTER";
 /// Comma-separated optional features to leave off: `f16`, `subgroups`,
 /// `timestamps` (or `all`), to run the fallback paths on any adapter.
 pub const ENV_DISABLE: &str = "MEMBOUND_GPU_DISABLE";
+/// A folder whose WGSL files replace the embedded shaders of the same name
+/// when pipelines are built (kernel development without a rebuild; files
+/// it lacks keep the embedded text).
+pub const ENV_SHADER_DIR: &str = "MEMBOUND_SHADER_DIR";
 
 /// The optional device features this crate uses where the adapter has them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -11,7 +11,8 @@ mod timing;
 
 pub use buffer::{GpuBuffer, GpuVector, check_binding_size, check_buffer_size};
 pub use context::{
-    AdapterSummary, ENV_ADAPTER, ENV_BACKEND, ENV_DISABLE, GpuContext, GpuFeatures, GpuOptions,
+    AdapterSummary, ENV_ADAPTER, ENV_BACKEND, ENV_DISABLE, ENV_SHADER_DIR, GpuContext, GpuFeatures,
+    GpuOptions,
 };
 pub use dispatch::{Dispatch, Workgroups};
 pub use error::{GpuError, Result};

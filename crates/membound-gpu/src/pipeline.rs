@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use wgpu::naga;
 
 use crate::buffer::{GpuBuffer, check_binding_size};
-use crate::context::{GpuContext, GpuFeatures};
+use crate::context::{ENV_SHADER_DIR, GpuContext, GpuFeatures};
 use crate::error::{GpuError, Result};
 use crate::shaders::Shader;
 
@@ -299,6 +299,21 @@ fn capabilities(features: GpuFeatures) -> naga::valid::Capabilities {
     caps
 }
 
+/// The text of `shader`: the embedded source, or the file of the same name
+/// in `$MEMBOUND_SHADER_DIR` where that is set and holds one.
+fn shader_text(shader: Shader) -> std::result::Result<std::borrow::Cow<'static, str>, String> {
+    let Some(dir) = std::env::var_os(ENV_SHADER_DIR) else {
+        return Ok(std::borrow::Cow::Borrowed(shader.source));
+    };
+    let path = std::path::Path::new(&dir).join(shader.name);
+    if !path.exists() {
+        return Ok(std::borrow::Cow::Borrowed(shader.source));
+    }
+    std::fs::read_to_string(&path)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| format!("{ENV_SHADER_DIR}: cannot read {}: {e}", path.display()))
+}
+
 /// Parses and validates `shader`, then keeps `entry` alone and what it uses.
 pub(crate) fn entry_point_module(
     shader: Shader,
@@ -310,14 +325,16 @@ pub(crate) fn entry_point_module(
         entry: entry.to_owned(),
         message,
     };
-    let mut module = naga::front::wgsl::parse_str(shader.source)
-        .map_err(|e| error(e.emit_to_string_with_path(shader.source, shader.name)))?;
+    let text = shader_text(shader).map_err(error)?;
+    let source = text.as_ref();
+    let mut module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| error(e.emit_to_string_with_path(source, shader.name)))?;
     naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     )
     .validate(&module)
-    .map_err(|e| error(e.emit_to_string_with_path(shader.source, shader.name)))?;
+    .map_err(|e| error(e.emit_to_string_with_path(source, shader.name)))?;
 
     if !module.entry_points.iter().any(|ep| ep.name == entry) {
         let names: Vec<&str> = module
@@ -338,7 +355,7 @@ pub(crate) fn entry_point_module(
         .map_err(|e| {
             error(format!(
                 "not supported by this device (features in use: {features}): {}",
-                e.emit_to_string_with_path(shader.source, shader.name)
+                e.emit_to_string_with_path(source, shader.name)
             ))
         })?;
     Ok(module)

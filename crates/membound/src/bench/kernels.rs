@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use membound_codec::{AffineCodec, Codec, Encoded, Group, Matrix, ScaleDType};
 use membound_gpu::{
-    AffineGemv, DenseGemv, Dispatch, GpuContext, GpuVector, LutGemv, SparseGemv, TimingMethod,
-    WeightDType,
+    AffineGemv, DenseGemv, Dispatch, GpuContext, GpuVector, Launch, LutGemv, SparseGemv,
+    TimingMethod, WeightDType,
 };
 use membound_sparse::{ColMajorAffine4, ColMajorF16, threshold_for_sparsity};
 use serde::Serialize;
@@ -141,6 +141,9 @@ pub struct Config {
     pub warm_up: Duration,
     /// Most copies of one matrix (bounds dispatches per pass).
     pub max_copies: usize,
+    /// Launch shape for the affine kernels instead of the one each picks
+    /// from its bit width and row length (for tuning).
+    pub affine_launch: Option<Launch>,
 }
 
 impl Default for Config {
@@ -153,6 +156,7 @@ impl Default for Config {
             reps: 20,
             warm_up: Duration::from_millis(300),
             max_copies: 1024,
+            affine_launch: None,
         }
     }
 }
@@ -367,10 +371,17 @@ fn upload(
     cols: usize,
     data: &[f32],
     name: &str,
+    launch: Option<Launch>,
 ) -> Result<Box<dyn BenchKernel>> {
     Ok(match p {
         Prepared::Dense(dt) => Box::new(DenseGemv::new(ctx, name, rows, cols, data, *dt)?),
-        Prepared::Affine(codec, e) => Box::new(AffineGemv::new(ctx, name, codec, e)?),
+        Prepared::Affine(codec, e) => {
+            let mut m = AffineGemv::new(ctx, name, codec, e)?;
+            if let Some(l) = launch {
+                m.set_launch(ctx, l)?;
+            }
+            Box::new(m)
+        }
         Prepared::AffineQ8(codec, e) => {
             let mut m = AffineGemv::new(ctx, name, codec, e)?;
             m.set_q8_activations(ctx, true)?;
@@ -453,6 +464,7 @@ pub fn run(
                 c,
                 &data,
                 &format!("bench {r}x{c} {} #0", w.label()),
+                cfg.affine_launch,
             )?;
             let copies = (cfg.working_set.div_ceil(first.weight_bytes().max(1)) as usize)
                 .clamp(2, cfg.max_copies);
@@ -465,6 +477,7 @@ pub fn run(
                     c,
                     &data,
                     &format!("bench {r}x{c} {} #{i}", w.label()),
+                    cfg.affine_launch,
                 )?);
             }
             let cases: Vec<(f64, &str)> = if w.is_sparse() {
