@@ -139,34 +139,19 @@ fn load_x(i: u32, masked: bool) -> vec4<f32> {
     return x[i];
 }
 
-// The loads of one x vector of a unit: x[4i .. 4i+4] and, with NORM, its
-// scale g (one for the whole unit without NORM).
-struct XLoad {
-    v: vec4<f32>,
-    g: vec4<f32>,
-}
-
-fn fetch_input(i: u32, masked: bool) -> XLoad {
-    var l: XLoad;
-    l.v = load_x(i, masked);
+// x[4i .. 4i+4] as the rows need it: with NORM, times g, and its squares
+// (before g) added to *ss.
+fn input(i: u32, masked: bool, ss: ptr<function, f32>) -> vec4<f32> {
+    let v = load_x(i, masked);
     if NORM {
+        *ss += dot(v, v);
         var j = i;
         if masked {
             j = min(i, (params.cols - 1u) / 4u);
         }
-        l.g = norm_w[j];
+        return v * norm_w[j];
     }
-    return l;
-}
-
-// x[4i .. 4i+4] as the rows need it: with NORM, times g, and its squares
-// (before g) added to *ss.
-fn input(l: XLoad, ss: ptr<function, f32>) -> vec4<f32> {
-    if NORM {
-        *ss += dot(l.v, l.v);
-        return l.v * l.g;
-    }
-    return l.v;
+    return v;
 }
 
 // Powers of two for the field offsets of each code of a unit, four codes at
@@ -217,64 +202,31 @@ fn prescale(j: u32) -> vec4<f32> {
     }
 }
 
-// The raw x loads of the unit starting at vec4 index i0 (unit_codes() / 4
-// vectors; x4..x7 only for 32-code units).
-struct XRaw {
-    x0: XLoad,
-    x1: XLoad,
-    x2: XLoad,
-    x3: XLoad,
-    x4: XLoad,
-    x5: XLoad,
-    x6: XLoad,
-    x7: XLoad,
-}
-
-fn fetch_unit_x(i0: u32, masked: bool) -> XRaw {
-    var r: XRaw;
-    let n = unit_codes() / 4u;
-    r.x0 = fetch_input(i0, masked);
-    if n > 1u {
-        r.x1 = fetch_input(i0 + 1u, masked);
-    }
-    if n > 2u {
-        r.x2 = fetch_input(i0 + 2u, masked);
-        r.x3 = fetch_input(i0 + 3u, masked);
-    }
-    if n > 4u {
-        r.x4 = fetch_input(i0 + 4u, masked);
-        r.x5 = fetch_input(i0 + 5u, masked);
-        r.x6 = fetch_input(i0 + 6u, masked);
-        r.x7 = fetch_input(i0 + 7u, masked);
-    }
-    return r;
-}
-
-// The x of a unit as the code dots need it, from its loads.
-fn prep_unit_x(r: XRaw) -> XUnit {
+// The x of the unit starting at vec4 index i0 (unit_codes() / 4 vectors).
+fn load_unit_x(i0: u32, masked: bool) -> XUnit {
     var p: XUnit;
     let n = unit_codes() / 4u;
     var ss = 0.0;
-    let a0 = input(r.x0, &ss);
+    let a0 = input(i0, masked, &ss);
     var s = a0;
     p.v0 = a0 * prescale(0u);
     if n > 1u {
-        let a1 = input(r.x1, &ss);
+        let a1 = input(i0 + 1u, masked, &ss);
         s += a1;
         p.v1 = a1 * prescale(1u);
     }
     if n > 2u {
-        let a2 = input(r.x2, &ss);
-        let a3 = input(r.x3, &ss);
+        let a2 = input(i0 + 2u, masked, &ss);
+        let a3 = input(i0 + 3u, masked, &ss);
         s += a2 + a3;
         p.v2 = a2 * prescale(2u);
         p.v3 = a3 * prescale(3u);
     }
     if n > 4u {
-        let a4 = input(r.x4, &ss);
-        let a5 = input(r.x5, &ss);
-        let a6 = input(r.x6, &ss);
-        let a7 = input(r.x7, &ss);
+        let a4 = input(i0 + 4u, masked, &ss);
+        let a5 = input(i0 + 5u, masked, &ss);
+        let a6 = input(i0 + 6u, masked, &ss);
+        let a7 = input(i0 + 7u, masked, &ss);
         s += (a4 + a5) + (a6 + a7);
         p.v4 = a4 * prescale(4u);
         p.v5 = a5 * prescale(5u);
@@ -444,57 +396,28 @@ fn unit_words_of(r: Rows, u: u32) -> Words {
     return w;
 }
 
-// The storage words of scale/bias entry i: one (f16, bf16 pair) or two (f32).
-fn fetch_scale_bias(i: u32) -> vec2<u32> {
-    if SCALE_KIND == 2u {
-        return vec2<u32>(scale_bias[2u * i], scale_bias[2u * i + 1u]);
-    }
-    return vec2<u32>(scale_bias[i], 0u);
-}
-
-// Scale and bias from an entry's words.
-fn decode_scale_bias(w: vec2<u32>) -> vec2<f32> {
-    switch SCALE_KIND {
-        case 0u: {
-            return unpack2x16float(w.x);
-        }
-        case 1u: {
-            return vec2<f32>(bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u));
-        }
-        default: {
-            return bitcast<vec2<f32>>(w);
-        }
-    }
-}
-
 // Scale and bias of entry i.
 fn load_scale_bias(i: u32) -> vec2<f32> {
-    return decode_scale_bias(fetch_scale_bias(i));
+    switch SCALE_KIND {
+        case 0u: {
+            return unpack2x16float(scale_bias[i]);
+        }
+        case 1u: {
+            let w = scale_bias[i];
+            return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+        }
+        default: {
+            return vec2<f32>(bitcast<f32>(scale_bias[2u * i]), bitcast<f32>(scale_bias[2u * i + 1u]));
+        }
+    }
 }
 
-// The scale/bias words of four rows (entries starting at `sb`) for group g.
-struct SbRaw {
-    r0: vec2<u32>,
-    r1: vec2<u32>,
-    r2: vec2<u32>,
-    r3: vec2<u32>,
-}
-
-fn fetch_sb4(sb: vec4<u32>, g: u32) -> SbRaw {
-    return SbRaw(
-        fetch_scale_bias(sb.x + g),
-        fetch_scale_bias(sb.y + g),
-        fetch_scale_bias(sb.z + g),
-        fetch_scale_bias(sb.w + g),
-    );
-}
-
-// s * d + b * sum for four rows, from their scale/bias words.
-fn fold(raw: SbRaw, d: vec4<f32>, sum: f32) -> vec4<f32> {
-    let s0 = decode_scale_bias(raw.r0);
-    let s1 = decode_scale_bias(raw.r1);
-    let s2 = decode_scale_bias(raw.r2);
-    let s3 = decode_scale_bias(raw.r3);
+// s * d + b * sum for four rows whose scale/bias entries start at `sb`.
+fn fold(sb: vec4<u32>, g: u32, d: vec4<f32>, sum: f32) -> vec4<f32> {
+    let s0 = load_scale_bias(sb.x + g);
+    let s1 = load_scale_bias(sb.y + g);
+    let s2 = load_scale_bias(sb.z + g);
+    let s3 = load_scale_bias(sb.w + g);
     return vec4<f32>(s0.x, s1.x, s2.x, s3.x) * d + vec4<f32>(s0.y, s1.y, s2.y, s3.y) * sum;
 }
 
@@ -506,59 +429,17 @@ struct Acc {
     ss: f32,
 }
 
-// Everything one unit needs from memory: its code words for each row, its
-// x (and NORM's g), and its group's scale/bias words for each row. All of
-// it is requested one unit ahead: with only the code words prefetched, the
-// x and scale loads' latency stood in every unit's path, and the kernel
-// took 21.9 µs for a 4096×14336 4-bit GEMV on an H100 whose code words
-// alone stream in 13.8.
-struct UnitLoads {
-    w: Words,
-    x: XRaw,
-    sb_lo: SbRaw,
-    sb_hi: SbRaw,
-}
-
-// At 3 bits (32-code units: three words a row, eight x vectors) only the
-// code words are requested ahead: holding the rest too cost registers and
-// made the kernel slower (21.5 µs against 20.8 at 4096×14336 on an H100).
-fn ahead_all() -> bool {
-    return BITS != 3u;
-}
-
-fn fetch_rest(l: ptr<function, UnitLoads>, r: Rows, u: u32, masked: bool) {
-    let first = u * unit_codes();
-    let g = min(first / GROUP, params.groups - 1u);
-    (*l).x = fetch_unit_x(first / 4u, masked);
-    (*l).sb_lo = fetch_sb4(r.sb_lo, g);
-    if ROWS == 8u {
-        (*l).sb_hi = fetch_sb4(r.sb_hi, g);
-    }
-}
-
-fn fetch_unit(r: Rows, u: u32, masked: bool) -> UnitLoads {
-    var l: UnitLoads;
-    l.w = unit_words_of(r, u);
-    if ahead_all() {
-        fetch_rest(&l, r, u, masked);
-    }
-    return l;
-}
-
-// The rows' contributions of unit u, from its loads.
-fn unit_sums(loads: UnitLoads, r: Rows, u: u32, masked: bool) -> Acc {
+// The rows' contributions of unit u, whose words are w.
+fn unit_sums(r: Rows, w: Words, u: u32, masked: bool) -> Acc {
     var acc: Acc;
-    var l = loads;
-    if !ahead_all() {
-        fetch_rest(&l, r, u, masked);
-    }
-    let p = prep_unit_x(l.x);
-    let w = l.w;
+    let first = u * unit_codes();
+    let p = load_unit_x(first / 4u, masked);
+    let g = min(first / GROUP, params.groups - 1u);
     let dlo = vec4<f32>(unit_dot(w.r0, p), unit_dot(w.r1, p), unit_dot(w.r2, p), unit_dot(w.r3, p));
-    acc.lo = fold(l.sb_lo, dlo, p.sum);
+    acc.lo = fold(r.sb_lo, g, dlo, p.sum);
     if ROWS == 8u {
         let dhi = vec4<f32>(unit_dot(w.r4, p), unit_dot(w.r5, p), unit_dot(w.r6, p), unit_dot(w.r7, p));
-        acc.hi = fold(l.sb_hi, dhi, p.sum);
+        acc.hi = fold(r.sb_hi, g, dhi, p.sum);
     }
     acc.ss = p.ss;
     return acc;
@@ -570,14 +451,14 @@ fn partial_sums(block: u32, lid: u32) -> Acc {
     var acc: Acc;
     var u = lid;
     if u < params.full_units {
-        var cur = fetch_unit(r, u, false);
+        var w = unit_words_of(r, u);
         loop {
-            // The next unit's loads (or this one's again, past the end)
+            // The next unit's words (or this one's again, past the end)
             // are requested before this unit's arithmetic.
             let next = u + WG;
             let more = next < params.full_units;
-            let n = fetch_unit(r, select(u, next, more), false);
-            let a = unit_sums(cur, r, u, false);
+            let n = unit_words_of(r, select(u, next, more));
+            let a = unit_sums(r, w, u, false);
             acc.lo += a.lo;
             acc.hi += a.hi;
             acc.ss += a.ss;
@@ -585,11 +466,11 @@ fn partial_sums(block: u32, lid: u32) -> Acc {
             if !more {
                 break;
             }
-            cur = n;
+            w = n;
         }
     }
     if u < params.units {
-        let a = unit_sums(fetch_unit(r, u, true), r, u, true);
+        let a = unit_sums(r, unit_words_of(r, u), u, true);
         acc.lo += a.lo;
         acc.hi += a.hi;
         acc.ss += a.ss;
