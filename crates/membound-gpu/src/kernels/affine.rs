@@ -23,6 +23,10 @@ pub const KERNEL_BITS: &[u32] = &[2, 3, 4, 8];
 /// otherwise (4 or 8).
 pub(crate) const DEFAULT_ROWS_PER_WORKGROUP: usize = 8;
 
+/// Longest 4-bit row (in codes) that takes the short-row launch (see
+/// `AffineGemv::default_launch`).
+const SHORT_ROW: usize = 2048;
+
 /// Most threads per workgroup the quantized kernels pick. On an H100, 128
 /// matched or beat 256 at 4096×14336 and 14336×4096 for every bit width
 /// (e.g. 3-bit affine 21.5 against 22.8 µs and 20.9 against 28.1; 4-bit
@@ -393,16 +397,27 @@ impl AffineGemv {
     /// this kernel without its prefetch) 21.7 µs against 36.5 with 8 codes
     /// and 25.6 with 32. 8 rows beat 4 at 2 bits (20.4 and 18.7 µs against
     /// 20.9 and 19.6) and 3 bits.
+    ///
+    /// Short 4-bit rows (at most [`SHORT_ROW`] codes, SmolLM2's layers) take
+    /// 4 rows a workgroup and one-word units instead, which doubles the
+    /// workgroups and the threads a row: on an H100 (third session)
+    /// 576×576, 3072×576, 576×1536 and 192×576 took 3.70, 4.24, 4.35 and
+    /// 3.60 µs against 4.77, 5.17, 5.01 and 4.70 with the long-row launch,
+    /// level with dense f16 (3.71, 4.74, 4.25, 3.53), and this was the best
+    /// of 18 launches at every one of those shapes; at 4096×14336 and
+    /// 14336×4096 it was 9% slower than the long-row launch (H200).
     fn default_launch(ctx: &GpuContext, bits: u32, cols: usize) -> Launch {
+        let short = bits == 4 && cols <= SHORT_ROW;
         let unit_words = match bits {
             2 => 1,
             3 => 3,
+            4 if short => 1,
             4 => 2,
             _ => 4,
         };
         let codes = unit_words as usize * 32 / bits as usize;
         Launch {
-            rows_per_workgroup: DEFAULT_ROWS_PER_WORKGROUP,
+            rows_per_workgroup: if short { 4 } else { DEFAULT_ROWS_PER_WORKGROUP },
             workgroup_size: workgroup_size(ctx, cols.div_ceil(codes), affine_shared_bytes),
             unit_words,
         }
