@@ -664,3 +664,31 @@ fn argmax_stage2(@builtin(local_invocation_index) lid: u32) {
         argmax_out[0] = select(argmax_idx[0], 0u, argmax_idx[0] == NONE);
     }
 }
+
+// ---------------------------------------------------------- embed_gather --
+
+// Embedding table rows and width.
+override EMBED_VOCAB: u32 = 512u;
+override EMBED_DIM: u32 = 64u;
+
+@group(0) @binding(0) var<storage, read> embed_table: array<f32>;
+// The token whose row to take, in its first word (argmax's output).
+@group(0) @binding(1) var<storage, read> embed_token: array<u32>;
+@group(0) @binding(2) var<storage, read_write> embed_out: array<f32>;
+
+// out = table[token] (row-major [EMBED_VOCAB, EMBED_DIM]); a token past the
+// table takes its last row. With the token read on the GPU, a greedy loop
+// feeds each step's argmax to the next step without the host.
+@compute @workgroup_size(256)
+fn embed_gather(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i >= EMBED_DIM) {
+        return;
+    }
+    let t = min(embed_token[0], EMBED_VOCAB - 1u);
+    embed_out[i] = embed_table[t * EMBED_DIM + i];
+}

@@ -29,6 +29,10 @@ enum What {
 /// roofline (peak GB/s ÷ bytes per token) and the fraction of it reached.
 /// A profile then splits one token into kernel time (GEMVs, attention,
 /// small ops) and overhead (dispatch gaps, submission, read-back).
+/// The same tokens are then decoded again GPU-resident (each step's argmax
+/// feeds the next step's embedding on the device, one read-back at the
+/// end; checked to choose the same tokens): the "resident" column is the
+/// GPU's own decode rate, with no host step between tokens.
 ///
 /// --synthetic builds a model of a real size with weights generated on the
 /// GPU from a seed: llama-8b (Llama 3 8B shapes, 16 GB in f16) needs no
@@ -394,6 +398,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         "× first",
         "kernels µs (gemv/attn/other)",
         "overhead µs",
+        "resident tok/s (% roofline)",
     ]);
     for r in &report.rows {
         let split = r.split.as_ref();
@@ -445,9 +450,14 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
             split
                 .and_then(|s| s.overhead_us)
                 .map_or_else(|| "-".into(), |o| format!("{o:.0}")),
+            match (r.resident_tokens_per_s, r.roofline_tokens_per_s) {
+                (Some(t), Some(roof)) => format!("{t:.1} ({:.1})", t / roof * 100.0),
+                (Some(t), None) => format!("{t:.1}"),
+                _ => "-".into(),
+            },
         ]);
     }
-    for col in 1..10 {
+    for col in 1..11 {
         if let Some(c) = t.column_mut(col) {
             c.set_cell_alignment(comfy_table::CellAlignment::Right);
         }

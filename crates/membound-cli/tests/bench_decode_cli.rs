@@ -75,6 +75,11 @@ fn decode_report_on_a_real_model_with_sparse_and_quantized_cache() {
         let tps = r["tokens_per_s"].as_f64().unwrap();
         let ms = r["ms_per_token"].as_f64().unwrap();
         assert!((tps * ms - 1000.0).abs() < 1e-6 * tps * ms);
+        // The GPU-resident rerun chose the same tokens (else the command
+        // fails) and reports its own rate.
+        let rms = r["resident_ms_per_token"].as_f64().unwrap();
+        let rtps = r["resident_tokens_per_s"].as_f64().unwrap();
+        assert!(rms > 0.0 && (rtps * rms - 1000.0).abs() < 1e-6 * rtps * rms);
         let bytes = r["weight_bytes"].as_f64().unwrap();
         assert!((r["effective_gbps"].as_f64().unwrap() - bytes * tps / 1e9).abs() < 1e-9);
         let roofline = r["roofline_tokens_per_s"].as_f64().unwrap();

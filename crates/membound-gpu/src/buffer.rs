@@ -168,6 +168,55 @@ impl GpuBuffer {
         read_back(ctx, calls, submissions, self, offset, len)
     }
 
+    /// Runs `rounds` one after the other without waiting in between, and
+    /// after each round copies `len` bytes of this buffer from `offset`
+    /// into a log that is read back once at the end (round i's bytes at
+    /// `i·len`). `before_round(i)` runs on the host before round i is
+    /// submitted: queue writes it makes (a step's position, say) land
+    /// before the round's dispatches. Each round is split into
+    /// `submissions` submissions as in [`GpuBuffer::run_and_read`].
+    ///
+    /// This is a GPU-resident loop: when each round takes its input from
+    /// the previous round's output on the device, the host never waits for
+    /// the GPU until the end.
+    pub fn run_rounds_and_read(
+        &self,
+        ctx: &GpuContext,
+        rounds: &[Vec<&crate::Dispatch>],
+        submissions: usize,
+        offset: u64,
+        len: u64,
+        before_round: &mut dyn FnMut(usize),
+    ) -> Result<Vec<u8>> {
+        if offset % 4 != 0 || len % 4 != 0 || len == 0 || offset.saturating_add(len) > self.size {
+            return Err(GpuError::invalid(
+                format!("logging buffer `{}`", self.name),
+                format!(
+                    "range {offset}..{} must be 4-byte aligned, non-empty and within its {} bytes",
+                    offset.saturating_add(len),
+                    self.size
+                ),
+            ));
+        }
+        if rounds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let log = GpuBuffer::new(
+            ctx,
+            &format!("log of `{}`", self.name),
+            len * rounds.len() as u64,
+            wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        for (i, calls) in rounds.iter().enumerate() {
+            before_round(i);
+            let mut encoder = submit_pieces(ctx, calls, submissions);
+            encoder.copy_buffer_to_buffer(&self.buffer, offset, &log.buffer, i as u64 * len, len);
+            ctx.queue().submit([encoder.finish()]);
+        }
+        ctx.check()?;
+        log.read_bytes(ctx, 0, log.size)
+    }
+
     /// Checks that the whole buffer may be bound as one storage binding.
     pub fn check_storage_binding(&self, ctx: &GpuContext) -> Result<()> {
         check_binding_size(ctx, &self.name, self.size)
@@ -202,6 +251,42 @@ pub fn check_binding_size(ctx: &GpuContext, name: &str, size: u64) -> Result<()>
         });
     }
     Ok(())
+}
+
+/// Records `calls` split into `submissions` pieces, submits all but the
+/// last, and returns the last piece's encoder (not yet submitted) for the
+/// caller to finish.
+fn submit_pieces(
+    ctx: &GpuContext,
+    calls: &[&crate::Dispatch],
+    submissions: usize,
+) -> wgpu::CommandEncoder {
+    let new_encoder = || {
+        ctx.device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("membound"),
+            })
+    };
+    let record = |encoder: &mut wgpu::CommandEncoder, calls: &[&crate::Dispatch]| {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("membound"),
+            timestamp_writes: None,
+        });
+        for call in calls {
+            call.record(&mut pass);
+        }
+    };
+    let per = calls.len().div_ceil(submissions.max(1)).max(1);
+    let mut pieces = calls.chunks(per).peekable();
+    let mut encoder = new_encoder();
+    while let Some(piece) = pieces.next() {
+        record(&mut encoder, piece);
+        if pieces.peek().is_some() {
+            ctx.queue().submit([encoder.finish()]);
+            encoder = new_encoder();
+        }
+    }
+    encoder
 }
 
 fn read_back(
@@ -245,31 +330,7 @@ fn read_back(
         unreachable!("the staging buffer was just created")
     };
 
-    let new_encoder = || {
-        ctx.device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("membound read-back"),
-            })
-    };
-    let record = |encoder: &mut wgpu::CommandEncoder, calls: &[&crate::Dispatch]| {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("membound"),
-            timestamp_writes: None,
-        });
-        for call in calls {
-            call.record(&mut pass);
-        }
-    };
-    let per = calls.len().div_ceil(submissions.max(1)).max(1);
-    let mut pieces = calls.chunks(per).peekable();
-    let mut encoder = new_encoder();
-    while let Some(piece) = pieces.next() {
-        record(&mut encoder, piece);
-        if pieces.peek().is_some() {
-            ctx.queue().submit([encoder.finish()]);
-            encoder = new_encoder();
-        }
-    }
+    let mut encoder = submit_pieces(ctx, calls, submissions);
     encoder.copy_buffer_to_buffer(source.raw(), offset, staging, 0, len);
     ctx.queue().submit([encoder.finish()]);
 

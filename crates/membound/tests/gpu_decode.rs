@@ -154,6 +154,62 @@ fn llama2xs_quantized_match_cpu_with_same_weights() {
     }
 }
 
+/// The GPU-resident greedy loop (each step's argmax fed to the next step's
+/// embedding gather on the device, one read-back at the end) writes the
+/// pinned llama2xs tokens, fused and unfused, with split attention crossing
+/// in mid-run; it matches step-by-step decoding on a synthetic model too,
+/// and refuses to run past the cache.
+#[test]
+fn greedy_resident_matches_step_by_step() {
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        return missing("llama2xs-280K");
+    };
+    let Some(ctx) = gpu() else { return };
+    let (cfg, w) = load(&path);
+    let prepared = prepare(&cfg, &w, &WeightPlan::uniform("f32"), &|_, _| {}).unwrap();
+    for fuse in [true, false] {
+        let opts = GpuLlamaOptions {
+            context: Some(LLAMA2XS_GREEDY.len()),
+            submissions: 2,
+            split_attention_from: 8,
+            fuse,
+            ..Default::default()
+        };
+        let mut gpu = GpuLlama::new(Arc::clone(&ctx), &prepared, opts).unwrap();
+        let tokens = gpu.greedy_resident(1, 0, LLAMA2XS_GREEDY.len()).unwrap();
+        assert_eq!(tokens, LLAMA2XS_GREEDY, "fuse={fuse}");
+        // A second run reuses the device table and overwrites the cache.
+        let again = gpu.greedy_resident(LLAMA2XS_GREEDY[4], 5, 6).unwrap();
+        assert_eq!(again, LLAMA2XS_GREEDY[5..11], "fuse={fuse}");
+        let err = gpu
+            .greedy_resident(1, 10, LLAMA2XS_GREEDY.len())
+            .unwrap_err();
+        assert!(err.to_string().contains("KV cache"), "{err}");
+        assert!(gpu.greedy_resident(1, 0, 0).unwrap().is_empty());
+    }
+
+    let mut cfg = membound::model::gpu::synthetic_config("llama-1b").unwrap();
+    cfg.dim = 256;
+    cfg.hidden_dim = 512;
+    cfg.n_layers = 2;
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.vocab_size = 1000;
+    let opts = GpuLlamaOptions {
+        context: Some(12),
+        ..Default::default()
+    };
+    let mut a = GpuLlama::synthetic(Arc::clone(&ctx), &cfg, "f16", 7, opts).unwrap();
+    let mut b = GpuLlama::synthetic(Arc::clone(&ctx), &cfg, "f16", 7, opts).unwrap();
+    let mut tok = 3;
+    let mut want = Vec::new();
+    for pos in 2..12 {
+        tok = a.forward_argmax(tok, pos).unwrap();
+        want.push(tok);
+    }
+    assert_eq!(b.greedy_resident(3, 2, 10).unwrap(), want);
+}
+
 #[test]
 fn babyllama_matches_cpu() {
     let Some((path, _)) = registry::fixture("babyllama105") else {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::buffer::{GpuBuffer, GpuVector};
+use crate::buffer::{GpuBuffer, GpuVector, check_binding_size};
 use crate::context::GpuContext;
 use crate::dispatch::{Dispatch, Workgroups};
 use crate::error::{GpuError, Result};
@@ -521,6 +521,47 @@ pub fn swiglu(ctx: &GpuContext, gate_up: &GpuVector, out: &GpuVector) -> Result<
     )?;
     let grid = ctx.grid_1d(what, hidden.div_ceil(256) as u32)?;
     one(ctx, p, &[gate_up.buffer(), out.buffer()], grid)
+}
+
+/// `out = table[token[0]]`: the embedding row of the token in the first
+/// word of `token` (e.g. [`argmax`]'s output), for `table` row-major
+/// `[vocab, out.len()]` f32 (a token past the table takes its last row).
+/// Feeding each step's argmax to the next on the GPU lets a greedy loop
+/// run without the host in between.
+pub fn embed_gather(
+    ctx: &GpuContext,
+    table: &GpuBuffer,
+    vocab: usize,
+    token: &GpuBuffer,
+    out: &GpuVector,
+) -> Result<Dispatch> {
+    let what = "embedding gather";
+    let dim = out.len();
+    if vocab == 0 || dim == 0 {
+        return Err(GpuError::invalid(what, "empty embedding table"));
+    }
+    let bytes = (vocab as u64)
+        .checked_mul(dim as u64 * 4)
+        .ok_or_else(|| GpuError::invalid(what, "table size overflows"))?;
+    need_bytes(what, table, bytes)?;
+    need_bytes(what, token, 4)?;
+    u32_of(what, vocab * dim)?;
+    check_binding_size(ctx, table.name(), bytes)?;
+    let p = pipeline(
+        ctx,
+        "embed_gather",
+        &[
+            ("EMBED_VOCAB", u32_of(what, vocab)?),
+            ("EMBED_DIM", u32_of(what, dim)?),
+        ],
+        &[
+            Binding::Storage,
+            Binding::Storage,
+            Binding::StorageReadWrite,
+        ],
+    )?;
+    let grid = ctx.grid_1d(what, dim.div_ceil(256) as u32)?;
+    one(ctx, p, &[table, token, out.buffer()], grid)
 }
 
 /// `out[0]` = the index of the largest of `logits` (the lowest on ties;

@@ -136,6 +136,13 @@ pub struct Row {
     pub ms_per_token: f64,
     /// 1000 / `ms_per_token`.
     pub tokens_per_s: f64,
+    /// The same tokens from the same position by
+    /// [`GpuLlama::greedy_resident`] (no host step between tokens): wall
+    /// time of the whole run ÷ tokens, ms. `None` where it could not run
+    /// (the device refused the embedding table's size).
+    pub resident_ms_per_token: Option<f64>,
+    /// 1000 / `resident_ms_per_token`.
+    pub resident_tokens_per_s: Option<f64>,
     /// `weight_bytes × tokens_per_s`, GB/s.
     pub effective_gbps: f64,
     /// Peak GB/s used for the roofline.
@@ -317,13 +324,37 @@ pub fn run(
                 }
             }
         }
+        let (tok0, pos0) = (tok, pos);
         let mut times = Vec::with_capacity(cfg.tokens);
+        let mut chosen = Vec::with_capacity(cfg.tokens);
         for _ in 0..cfg.tokens {
             let t = Instant::now();
             tok = m.forward_argmax(tok, pos)?;
             times.push(t.elapsed());
+            chosen.push(tok);
             pos += 1;
         }
+        // The same tokens again with the host out of the loop; the first
+        // (untimed) step puts the embedding table on the device.
+        progress("decoding them again GPU-resident");
+        let resident = match m.greedy_resident(tok0, pos0, 1) {
+            Ok(_) => {
+                let t = Instant::now();
+                let again = m.greedy_resident(tok0, pos0, cfg.tokens)?;
+                let ms = t.elapsed().as_secs_f64() * 1e3 / cfg.tokens as f64;
+                if again != chosen {
+                    return Err(Error::Request(format!(
+                        "{name} {spec}: the GPU-resident loop chose {again:?}, \
+                         step-by-step decoding {chosen:?}"
+                    )));
+                }
+                Some(ms)
+            }
+            Err(e) => {
+                progress(&format!("GPU-resident decoding skipped: {e}"));
+                None
+            }
+        };
         times.sort_unstable();
         let median = times[times.len() / 2];
         let achieved = if sparse.is_some() {
@@ -424,6 +455,8 @@ pub fn run(
             tokens: cfg.tokens,
             ms_per_token: ms,
             tokens_per_s: tps,
+            resident_ms_per_token: resident,
+            resident_tokens_per_s: resident.map(|r| 1e3 / r),
             effective_gbps: bytes as f64 * tps / 1e9,
             peak_gbps: peak,
             roofline_tokens_per_s: roofline,

@@ -657,6 +657,10 @@ pub struct GpuLlama {
     split_from: usize,
     /// Position of the step being run.
     pos: usize,
+    /// For [`GpuLlama::greedy_resident`]: the embedding table on the device
+    /// and the dispatch that copies the row of the last argmax into `x`
+    /// (made on first use).
+    resident: Option<(GpuBuffer, Dispatch)>,
     caches: Vec<KvCache>,
     weight_bytes: u64,
     /// Kept alive for the recorded bind groups.
@@ -670,6 +674,31 @@ enum Embedding {
     Table(Vec<f32>),
     /// Rows hashed from the seed (synthetic models).
     Synthetic(u32),
+}
+
+impl Embedding {
+    /// Writes the embedding of `token` into `row` (the model's width).
+    fn row(&self, token: u32, row: &mut [f32]) {
+        let d = row.len();
+        match self {
+            Embedding::Table(t) => {
+                let at = token as usize * d;
+                row.copy_from_slice(&t[at..at + d]);
+            }
+            Embedding::Synthetic(seed) => {
+                // Uniform in [-1, 1) from a hash of (seed, token, i).
+                for (i, v) in row.iter_mut().enumerate() {
+                    let mut z = (u64::from(*seed) << 32 | u64::from(token))
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add(i as u64);
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    z ^= z >> 31;
+                    *v = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                }
+            }
+        }
+    }
 }
 
 /// The resident pieces of one block, before recording.
@@ -1214,6 +1243,7 @@ impl GpuLlama {
             long_attention,
             split_from: opts.split_attention_from,
             pos: 0,
+            resident: None,
             caches,
             weight_bytes,
             _buffers: buffers,
@@ -1388,34 +1418,87 @@ impl GpuLlama {
         }
         self.step.write(&self.ctx, pos as u32, token);
         self.pos = pos;
-        let d = self.cfg.dim;
-        match &self.embed {
-            Embedding::Table(t) => {
-                let at = token as usize * d;
-                self.row.copy_from_slice(&t[at..at + d]);
-            }
-            Embedding::Synthetic(seed) => {
-                // Uniform in [-1, 1) from a hash of (seed, token, i).
-                for (i, v) in self.row.iter_mut().enumerate() {
-                    let mut z = (u64::from(*seed) << 32 | u64::from(token))
-                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                        .wrapping_add(i as u64);
-                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                    z ^= z >> 31;
-                    *v = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-                }
-            }
-        }
+        self.embed.row(token, &mut self.row);
         self.x.write(&self.ctx, &self.row)?;
         Ok(())
+    }
+
+    /// Greedy decoding that keeps the host out of the loop: from `token`
+    /// at position `pos`, runs `n` steps back to back, each taking the
+    /// previous step's argmax on the device (an embedding gather from a
+    /// device copy of the table, made on first use), and reads the `n`
+    /// chosen tokens back once at the end. The tokens are those that `n`
+    /// calls of [`Decoder::forward_argmax`] would give; the host's time
+    /// between tokens (read-back, embedding row, submission) is gone, so
+    /// this is the GPU's own decode rate. Steps run at positions
+    /// `pos..pos + n`.
+    pub fn greedy_resident(&mut self, token: u32, pos: usize, n: usize) -> Result<Vec<u32>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if pos + n > self.context {
+            return Err(Error::Request(format!(
+                "{n} steps from position {pos} pass the KV cache's {} positions",
+                self.context
+            )));
+        }
+        if self.resident.is_none() {
+            let (vocab, d) = (self.cfg.vocab_size, self.cfg.dim);
+            let mut table = vec![0.0f32; vocab * d];
+            let embed = &self.embed;
+            table
+                .par_chunks_exact_mut(d)
+                .enumerate()
+                .for_each(|(t, row)| embed.row(t as u32, row));
+            let table = GpuBuffer::from_bytes(
+                &self.ctx,
+                "embedding table (device copy)",
+                bytemuck::cast_slice(&table),
+                wgpu::BufferUsages::STORAGE,
+            )?;
+            let gather = ops::embed_gather(&self.ctx, &table, vocab, &self.next, &self.x)?;
+            self.resident = Some((table, gather));
+        }
+        self.start(token, pos)?;
+        let Some((_, gather)) = &self.resident else {
+            unreachable!("made above")
+        };
+        let rounds: Vec<Vec<&Dispatch>> = (0..n)
+            .map(|i| {
+                let mut v = Vec::new();
+                if i > 0 {
+                    v.push(gather);
+                }
+                v.extend(self.step_calls_at(pos + i).into_iter().map(|(_, d)| d));
+                v.push(&self.argmax);
+                v
+            })
+            .collect();
+        let (ctx, step) = (&self.ctx, &self.step);
+        let bytes =
+            self.next
+                .run_rounds_and_read(ctx, &rounds, self.submissions, 0, 4, &mut |i| {
+                    if i > 0 {
+                        step.write(ctx, (pos + i) as u32, 0);
+                    }
+                })?;
+        self.pos = pos + n - 1;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
     /// The dispatches of the current step with their kinds: split
     /// attention from `split_from` on.
     fn step_calls(&self) -> Vec<(OpKind, &Dispatch)> {
+        self.step_calls_at(self.pos)
+    }
+
+    /// The dispatches of a step at `pos`.
+    fn step_calls_at(&self, pos: usize) -> Vec<(OpKind, &Dispatch)> {
         let mut v: Vec<(OpKind, &Dispatch)> = self.calls.iter().map(|(k, d)| (*k, d)).collect();
-        if self.pos >= self.split_from {
+        if pos >= self.split_from {
             for (i, d) in &self.long_attention {
                 v[*i].1 = d;
             }
