@@ -615,11 +615,17 @@ pub struct Generation {
     pub stats: GenerationStats,
 }
 
+/// Greedy decode steps `generate` runs at once (text streams a burst at a
+/// time; at most this many minus one are computed past a stop token).
+pub const GREEDY_BURST: usize = 8;
+
 /// Feeds `prompt_ids` at positions `opts.start_pos..` (prefill, token by
 /// token), then generates up to `opts.max_tokens` tokens, calling `on_text`
 /// with each piece of text as it completes (whole UTF-8 characters).
 ///
-/// Greedy samplers (temperature 0) use [`Decoder::forward_argmax`]; others
+/// Greedy samplers (temperature 0) use [`Decoder::forward_argmax`] for the
+/// prompt's last token and [`Decoder::greedy_steps`] in bursts of
+/// [`GREEDY_BURST`] after it; others
 /// read the logits of the prompt's last token and of every decode step.
 /// Prompt tokens before the last run through `forward_argmax` as well (their
 /// logits are not needed, and the GPU then reads back 4 bytes).
@@ -684,6 +690,7 @@ pub fn generate(
     let mut decode_time = Duration::ZERO;
     let mut steps = 0;
     let mut stop_token = None;
+    let mut pending = std::collections::VecDeque::new();
     let stop = loop {
         if opts.max_tokens == 0 {
             break StopReason::MaxTokens;
@@ -704,9 +711,26 @@ pub fn generate(
         if pos >= context {
             break StopReason::Context;
         }
-        let t = Instant::now();
-        next = step(decoder, next, pos)?;
-        decode_time += t.elapsed();
+        if greedy {
+            // Greedy steps run in bursts without the host in between (on
+            // the GPU, one read-back a burst); tokens past a stop are
+            // computed and dropped.
+            if pending.is_empty() {
+                let k = GREEDY_BURST
+                    .min(opts.max_tokens - tokens.len())
+                    .min(context - pos);
+                let t = Instant::now();
+                pending.extend(decoder.greedy_steps(next, pos, k)?);
+                decode_time += t.elapsed();
+            }
+            next = pending
+                .pop_front()
+                .expect("a burst holds at least one token");
+        } else {
+            let t = Instant::now();
+            next = step(decoder, next, pos)?;
+            decode_time += t.elapsed();
+        }
         steps += 1;
         pos += 1;
     };

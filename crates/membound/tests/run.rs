@@ -106,6 +106,53 @@ fn llama2xs_greedy_on_gpu() {
     }
 }
 
+/// On the GPU, greedy generation runs in bursts of `GREEDY_BURST` steps
+/// without the host in between: a stop token inside a burst (and the token
+/// budget, and the end of the context) end generation exactly where
+/// step-by-step decoding on the CPU ends it.
+#[test]
+fn gpu_greedy_bursts_stop_where_the_cpu_stops() {
+    let Some(model) = llama2xs() else { return };
+    let Some(ctx) = gpu() else { return };
+    let mut cpu = Engine::new(&model, &opts(DeviceKind::Cpu, "f32"), None, &|_, _| {}).unwrap();
+    let mut o = opts(DeviceKind::Gpu, "f32");
+    o.context = Some(24);
+    let mut gpu = Engine::new(&model, &o, Some(ctx), &|_, _| {}).unwrap();
+    let bos = cpu.tokenizer().bos().unwrap();
+    let tok = cpu.tokenizer().clone();
+    let all = greedy_from_bos(&mut cpu, 20).tokens;
+    assert!(membound::run::GREEDY_BURST < 10);
+    // The 11th token is a stop token: inside the second burst.
+    for (stop_ids, max_tokens, context) in
+        [(vec![all[10]], 20, 24), (vec![], 13, 24), (vec![], 40, 17)]
+    {
+        let go = GenerateOptions {
+            max_tokens,
+            stop_ids: stop_ids.clone(),
+            start_pos: 0,
+            context,
+            skip_leading_space: false,
+        };
+        let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+        let want = generate(cpu.decoder_mut(), &tok, &[bos], &mut s, &go, &mut |_| {}).unwrap();
+        let mut streamed = String::new();
+        let got = generate(gpu.decoder_mut(), &tok, &[bos], &mut s, &go, &mut |t| {
+            streamed.push_str(t)
+        })
+        .unwrap();
+        assert_eq!(
+            got.tokens, want.tokens,
+            "{stop_ids:?} {max_tokens} {context}"
+        );
+        assert_eq!(got.text, want.text);
+        assert_eq!(streamed, got.text);
+        assert_eq!(got.stop_token, want.stop_token);
+        assert_eq!(got.stats.stop, want.stats.stop);
+        assert_eq!(got.next_pos, want.next_pos);
+        assert_eq!(got.stats.decode_steps, want.stats.decode_steps);
+    }
+}
+
 /// Sampling reads logits; a fixed seed repeats itself and differs from
 /// greedy somewhere at high temperature.
 #[test]

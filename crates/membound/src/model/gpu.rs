@@ -1616,6 +1616,10 @@ impl Decoder for GpuLlama {
             .run_and_read(&self.ctx, &calls, self.submissions, 0, 4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
+
+    fn greedy_steps(&mut self, token: u32, pos: usize, n: usize) -> Result<Vec<u32>> {
+        self.greedy_resident(token, pos, n)
+    }
 }
 
 /// Names of [`synthetic_config`]'s shapes.

@@ -31,6 +31,20 @@ pub trait Decoder {
         let logits = self.forward(token, pos)?;
         Ok(argmax(&logits))
     }
+
+    /// `n` greedy steps from `token` at `pos` (positions `pos..pos + n`):
+    /// the tokens `n` chained calls of [`Decoder::forward_argmax`] give.
+    /// The GPU engine runs them without the host between steps
+    /// ([`GpuLlama::greedy_resident`](crate::model::GpuLlama::greedy_resident)).
+    fn greedy_steps(&mut self, token: u32, pos: usize, n: usize) -> crate::Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(n);
+        let mut tok = token;
+        for i in 0..n {
+            tok = self.forward_argmax(tok, pos + i)?;
+            out.push(tok);
+        }
+        Ok(out)
+    }
 }
 
 /// Index of the largest value (the first, on ties; NaN never wins).
