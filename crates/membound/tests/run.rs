@@ -121,7 +121,7 @@ fn gpu_greedy_bursts_stop_where_the_cpu_stops() {
     let bos = cpu.tokenizer().bos().unwrap();
     let tok = cpu.tokenizer().clone();
     let all = greedy_from_bos(&mut cpu, 20).tokens;
-    assert!(membound::run::GREEDY_BURST < 10);
+    const { assert!(membound::run::GREEDY_BURST < 10) };
     // The 11th token is a stop token: inside the second burst.
     for (stop_ids, max_tokens, context) in
         [(vec![all[10]], 20, 24), (vec![], 13, 24), (vec![], 40, 17)]
