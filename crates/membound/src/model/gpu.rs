@@ -1442,23 +1442,7 @@ impl GpuLlama {
                 self.context
             )));
         }
-        if self.resident.is_none() {
-            let (vocab, d) = (self.cfg.vocab_size, self.cfg.dim);
-            let mut table = vec![0.0f32; vocab * d];
-            let embed = &self.embed;
-            table
-                .par_chunks_exact_mut(d)
-                .enumerate()
-                .for_each(|(t, row)| embed.row(t as u32, row));
-            let table = GpuBuffer::from_bytes(
-                &self.ctx,
-                "embedding table (device copy)",
-                bytemuck::cast_slice(&table),
-                wgpu::BufferUsages::STORAGE,
-            )?;
-            let gather = ops::embed_gather(&self.ctx, &table, vocab, &self.next, &self.x)?;
-            self.resident = Some((table, gather));
-        }
+        self.prepare_resident()?;
         self.start(token, pos)?;
         let Some((_, gather)) = &self.resident else {
             unreachable!("made above")
@@ -1487,6 +1471,34 @@ impl GpuLlama {
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
+    }
+
+    /// Puts the embedding table on the device (f32, `vocab × dim × 4`
+    /// bytes) and binds the gather, once. Errors where the device cannot
+    /// hold or bind the table as one buffer.
+    fn prepare_resident(&mut self) -> Result<()> {
+        if self.resident.is_none() {
+            let (vocab, d) = (self.cfg.vocab_size, self.cfg.dim);
+            let name = "embedding table (device copy)";
+            let bytes = (vocab * d * 4) as u64;
+            membound_gpu::check_buffer_size(&self.ctx, name, bytes)?;
+            membound_gpu::check_binding_size(&self.ctx, name, bytes)?;
+            let mut table = vec![0.0f32; vocab * d];
+            let embed = &self.embed;
+            table
+                .par_chunks_exact_mut(d)
+                .enumerate()
+                .for_each(|(t, row)| embed.row(t as u32, row));
+            let table = GpuBuffer::from_bytes(
+                &self.ctx,
+                name,
+                bytemuck::cast_slice(&table),
+                wgpu::BufferUsages::STORAGE,
+            )?;
+            let gather = ops::embed_gather(&self.ctx, &table, vocab, &self.next, &self.x)?;
+            self.resident = Some((table, gather));
+        }
+        Ok(())
     }
 
     /// The dispatches of the current step with their kinds: split
@@ -1617,8 +1629,20 @@ impl Decoder for GpuLlama {
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
+    /// [`GpuLlama::greedy_resident`] where the device can hold the
+    /// embedding table as one binding; otherwise (a large vocabulary on a
+    /// device with small binding limits) step by step, as before.
     fn greedy_steps(&mut self, token: u32, pos: usize, n: usize) -> Result<Vec<u32>> {
-        self.greedy_resident(token, pos, n)
+        if self.prepare_resident().is_ok() {
+            return self.greedy_resident(token, pos, n);
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut tok = token;
+        for i in 0..n {
+            tok = self.forward_argmax(tok, pos + i)?;
+            out.push(tok);
+        }
+        Ok(out)
     }
 }
 
