@@ -155,16 +155,7 @@ impl GpuBuffer {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>> {
-        if offset % 4 != 0 || len % 4 != 0 || len == 0 || offset.saturating_add(len) > self.size {
-            return Err(GpuError::invalid(
-                format!("reading buffer `{}`", self.name),
-                format!(
-                    "range {offset}..{} must be 4-byte aligned, non-empty and within its {} bytes",
-                    offset.saturating_add(len),
-                    self.size
-                ),
-            ));
-        }
+        self.check_read_range("reading", offset, len)?;
         read_back(ctx, calls, submissions, self, offset, len)
     }
 
@@ -188,16 +179,7 @@ impl GpuBuffer {
         len: u64,
         before_round: &mut dyn FnMut(usize),
     ) -> Result<Vec<u8>> {
-        if offset % 4 != 0 || len % 4 != 0 || len == 0 || offset.saturating_add(len) > self.size {
-            return Err(GpuError::invalid(
-                format!("logging buffer `{}`", self.name),
-                format!(
-                    "range {offset}..{} must be 4-byte aligned, non-empty and within its {} bytes",
-                    offset.saturating_add(len),
-                    self.size
-                ),
-            ));
-        }
+        self.check_read_range("logging", offset, len)?;
         if rounds.is_empty() {
             return Ok(Vec::new());
         }
@@ -215,6 +197,22 @@ impl GpuBuffer {
         }
         ctx.check()?;
         log.read_bytes(ctx, 0, log.size)
+    }
+
+    /// Errors unless `offset..offset + len` is a non-empty, 4-byte aligned
+    /// range of this buffer (`doing` names the operation).
+    fn check_read_range(&self, doing: &str, offset: u64, len: u64) -> Result<()> {
+        if offset % 4 != 0 || len % 4 != 0 || len == 0 || offset.saturating_add(len) > self.size {
+            return Err(GpuError::invalid(
+                format!("{doing} buffer `{}`", self.name),
+                format!(
+                    "range {offset}..{} must be 4-byte aligned, non-empty and within its {} bytes",
+                    offset.saturating_add(len),
+                    self.size
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that the whole buffer may be bound as one storage binding.

@@ -44,6 +44,19 @@ fn load(path: &std::path::Path) -> (LlamaConfig, LlamaWeights) {
     (cfg, w)
 }
 
+/// A synthetic LLaMA shape small enough for llvmpipe (the shape logic is
+/// what such tests exercise).
+fn tiny_synthetic() -> LlamaConfig {
+    let mut cfg = membound::model::gpu::synthetic_config("llama-1b").unwrap();
+    cfg.dim = 256;
+    cfg.hidden_dim = 512;
+    cfg.n_layers = 2;
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.vocab_size = 1000;
+    cfg
+}
+
 /// The largest |a − b| over the largest |b|.
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -188,13 +201,7 @@ fn greedy_resident_matches_step_by_step() {
         assert!(gpu.greedy_resident(1, 0, 0).unwrap().is_empty());
     }
 
-    let mut cfg = membound::model::gpu::synthetic_config("llama-1b").unwrap();
-    cfg.dim = 256;
-    cfg.hidden_dim = 512;
-    cfg.n_layers = 2;
-    cfg.n_heads = 4;
-    cfg.n_kv_heads = 2;
-    cfg.vocab_size = 1000;
+    let cfg = tiny_synthetic();
     let opts = GpuLlamaOptions {
         context: Some(12),
         ..Default::default()
@@ -271,14 +278,7 @@ fn bad_requests_are_errors() {
 #[test]
 fn synthetic_model_decodes() {
     let Some(ctx) = gpu() else { return };
-    let mut cfg = membound::model::gpu::synthetic_config("llama-1b").unwrap();
-    // Small enough for llvmpipe: the shape logic is what is tested here.
-    cfg.dim = 256;
-    cfg.hidden_dim = 512;
-    cfg.n_layers = 2;
-    cfg.n_heads = 4;
-    cfg.n_kv_heads = 2;
-    cfg.vocab_size = 1000;
+    let cfg = tiny_synthetic();
     for spec in ["f16", "affine:bits=4,group=64"] {
         let opts = GpuLlamaOptions {
             context: Some(16),

@@ -350,10 +350,13 @@ pub fn run(
                 }
                 Some(ms)
             }
-            Err(e) => {
+            // Only a table the device cannot hold skips it; anything else
+            // is an error like any other.
+            Err(e @ Error::Gpu(membound_gpu::GpuError::BufferTooLarge { .. })) => {
                 progress(&format!("GPU-resident decoding skipped: {e}"));
                 None
             }
+            Err(e) => return Err(e),
         };
         times.sort_unstable();
         let median = times[times.len() / 2];

@@ -1636,13 +1636,7 @@ impl Decoder for GpuLlama {
         if self.prepare_resident().is_ok() {
             return self.greedy_resident(token, pos, n);
         }
-        let mut out = Vec::with_capacity(n);
-        let mut tok = token;
-        for i in 0..n {
-            tok = self.forward_argmax(tok, pos + i)?;
-            out.push(tok);
-        }
-        Ok(out)
+        super::greedy_step_by_step(self, token, pos, n)
     }
 }
 

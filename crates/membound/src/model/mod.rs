@@ -37,14 +37,25 @@ pub trait Decoder {
     /// The GPU engine runs them without the host between steps
     /// ([`GpuLlama::greedy_resident`](crate::model::GpuLlama::greedy_resident)).
     fn greedy_steps(&mut self, token: u32, pos: usize, n: usize) -> crate::Result<Vec<u32>> {
-        let mut out = Vec::with_capacity(n);
-        let mut tok = token;
-        for i in 0..n {
-            tok = self.forward_argmax(tok, pos + i)?;
-            out.push(tok);
-        }
-        Ok(out)
+        greedy_step_by_step(self, token, pos, n)
     }
+}
+
+/// `n` chained [`Decoder::forward_argmax`] calls from `token` at `pos`: what
+/// [`Decoder::greedy_steps`] does unless a decoder has a faster way.
+pub fn greedy_step_by_step<D: Decoder + ?Sized>(
+    decoder: &mut D,
+    token: u32,
+    pos: usize,
+    n: usize,
+) -> crate::Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(n);
+    let mut tok = token;
+    for i in 0..n {
+        tok = decoder.forward_argmax(tok, pos + i)?;
+        out.push(tok);
+    }
+    Ok(out)
 }
 
 /// Index of the largest value (the first, on ties; NaN never wins).
