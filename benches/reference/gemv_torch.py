@@ -8,6 +8,7 @@ matrices that the working set exceeds the GPU's last-level cache (H100:
 50 MB), and times with CUDA events.
 
     python3 benches/reference/gemv_torch.py --json torch.json
+    python3 benches/reference/gemv_torch.py --cuda-graph --json torch-graph.json
 """
 import argparse
 import json
@@ -28,7 +29,7 @@ SHAPES = [
 ]
 
 
-def bench(rows, cols, dtype, working_set, reps, iters):
+def bench(rows, cols, dtype, working_set, reps, iters, graph=False):
     elem = torch.tensor([], dtype=dtype).element_size()
     mat_bytes = rows * cols * elem
     n = max(2, -(-working_set // mat_bytes))
@@ -38,13 +39,24 @@ def bench(rows, cols, dtype, working_set, reps, iters):
     for w in ws:  # warm up
         torch.mv(w, x, out=y)
     torch.cuda.synchronize()
+    g = None
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for i in range(iters):
+                torch.mv(ws[i % n], x, out=y)
+        g.replay()
+        torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
-        for i in range(iters):
-            torch.mv(ws[i % n], x, out=y)
+        if g is not None:
+            g.replay()
+        else:
+            for i in range(iters):
+                torch.mv(ws[i % n], x, out=y)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e-3 / iters)
@@ -52,7 +64,7 @@ def bench(rows, cols, dtype, working_set, reps, iters):
     read = mat_bytes + cols * elem + rows * elem
     return {
         "rows": rows, "cols": cols, "dtype": str(dtype).replace("torch.", ""),
-        "median_s": t, "bytes": read, "gbps": read / t / 1e9, "matrices": n,
+        "median_s": t, "bytes": read, "gbps": read / t / 1e9, "matrices": n, "cuda_graph": graph,
     }
 
 
@@ -62,12 +74,15 @@ def main():
     ap.add_argument("--working-set-mb", type=int, default=512)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="capture each pass's calls in one CUDA graph: without it, small shapes "
+                    "(under ~20 us) time Python's launch cost, not cuBLAS")
     args = ap.parse_args()
     dev = torch.cuda.get_device_name()
     rows = []
     for dtype in (torch.float32, torch.float16):
         for r, c in SHAPES:
-            res = bench(r, c, dtype, args.working_set_mb << 20, args.reps, args.iters)
+            res = bench(r, c, dtype, args.working_set_mb << 20, args.reps, args.iters, args.cuda_graph)
             rows.append(res)
             print(f"{dev:24.24} {res['dtype']:8} {r:>6}x{c:<6} {res['median_s']*1e6:9.2f} us {res['gbps']:8.1f} GB/s")
     out = {"device": dev, "torch": torch.__version__, "cuda": torch.version.cuda, "results": rows}

@@ -163,6 +163,14 @@ struct KernelArgs {
     /// the shape they pick, e.g. `8,128,2` (for tuning).
     #[arg(long, value_name = "ROWS,THREADS,WORDS")]
     launch: Option<String>,
+    /// Skip the floor: by default each case is also set against a plain
+    /// streaming read of the same bytes, timed the same way ("floor µs";
+    /// "% floor" = floor ÷ time, how close the kernel gets to what the
+    /// device allows at that size; JSON `floor_speedup_vs_dense_f16` =
+    /// the best speedup over dense f16 any kernel reading those bytes
+    /// could show).
+    #[arg(long)]
+    no_floor: bool,
     /// Also write the results as JSON to this file (`-` for stdout only).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -241,6 +249,7 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
     if let Some(l) = &a.launch {
         cfg.affine_launch = Some(parse_launch(l)?);
     }
+    cfg.floor = !a.no_floor;
     let ctx = GpuContext::new()?;
     let info = ctx.adapter();
     eprintln!(
@@ -272,6 +281,8 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
         "GB/s",
         "% peak",
         "× dense f16",
+        "floor µs",
+        "% floor",
     ]);
     for r in &report.rows {
         t.add_row([
@@ -286,9 +297,12 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
                 .map_or_else(|| "-".into(), |f| format!("{:.1}", f * 100.0)),
             r.speedup_vs_dense_f16
                 .map_or_else(|| "-".into(), |s| format!("{s:.2}")),
+            r.floor_us.map_or_else(|| "-".into(), |f| format!("{f:.2}")),
+            r.floor_fraction
+                .map_or_else(|| "-".into(), |f| format!("{:.0}", f * 100.0)),
         ]);
     }
-    for col in 2..9 {
+    for col in 2..11 {
         if let Some(c) = t.column_mut(col) {
             c.set_cell_alignment(comfy_table::CellAlignment::Right);
         }
@@ -306,7 +320,7 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
         if path.as_os_str() == "-" {
             println!("{text}");
         } else {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            membound::sparsity::write_atomic(&path, text.as_bytes())?;
         }
     }
     Ok(())
@@ -507,7 +521,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         if path.as_os_str() == "-" {
             println!("{text}");
         } else {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            membound::sparsity::write_atomic(&path, text.as_bytes())?;
         }
     }
     Ok(())

@@ -271,7 +271,7 @@ fn emit<T: Serialize>(out: &Output, header: &str, tables: &[Table], value: &T) -
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
-            std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
+            membound::sparsity::write_atomic(p, (text + "\n").as_bytes())?;
             eprintln!("wrote {}", p.display());
         }
     }
@@ -279,7 +279,7 @@ fn emit<T: Serialize>(out: &Output, header: &str, tables: &[Table], value: &T) -
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for t in tables {
             let p = dir.join(format!("{}.csv", t.id));
-            std::fs::write(&p, t.to_csv()).with_context(|| format!("writing {}", p.display()))?;
+            membound::sparsity::write_atomic(&p, t.to_csv().as_bytes())?;
         }
         eprintln!("wrote {} CSV files to {}", tables.len(), dir.display());
     }

@@ -306,6 +306,23 @@ fn bench_kernels_quick_json() {
     }
     let f16 = rows.iter().find(|r| r["weights"] == "f16").unwrap();
     assert!((f16["speedup_vs_dense_f16"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    // Every case is set against the streaming-read floor of its bytes,
+    // measured once per byte count.
+    assert!(out.contains("% floor"), "{out}");
+    let f16_us = f16["median_us"].as_f64().unwrap();
+    let mut floors = std::collections::HashMap::new();
+    for row in rows {
+        let (us, floor) = (
+            row["median_us"].as_f64().unwrap(),
+            row["floor_us"].as_f64().unwrap(),
+        );
+        assert!(floor > 0.0, "{row}");
+        assert!((row["floor_fraction"].as_f64().unwrap() - floor / us).abs() <= 1e-9 * floor / us);
+        let best = row["floor_speedup_vs_dense_f16"].as_f64().unwrap();
+        assert!((best - f16_us / floor).abs() <= 1e-9 * best, "{row}");
+        let bytes = row["bytes_read"].as_u64().unwrap();
+        assert_eq!(*floors.entry(bytes).or_insert(floor), floor, "{row}");
+    }
 }
 
 /// `bench kernels --launch` tunes the affine kernels' launch shape (and
@@ -341,9 +358,11 @@ fn bench_kernels_launch_and_shader_dir() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, out, err) = run(&["--launch", "4,64,1"], None);
+    let (code, out, err) = run(&["--launch", "4,64,1", "--no-floor", "--json", "-"], None);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("affine4-g64"), "{out}");
+    let json: Value = serde_json::from_str(&out[out.find("{\n").unwrap()..]).unwrap();
+    assert!(json["rows"][0]["floor_us"].is_null(), "--no-floor: {out}");
     let (code, _, err) = run(&["--launch", "3,64,1"], None);
     assert_ne!(code, 0);
     assert!(err.contains("4 or 8"), "{err}");

@@ -24,6 +24,9 @@ pub use kernels::lut::{LutGemv, LutSource};
 pub use kernels::sparse::{
     Compaction, SparseDType, SparseGemv, SparseInput, SparseTuning, Threshold,
 };
+pub use kernels::stream::{
+    STREAM_BLOCK_BYTES, stream_read, stream_read_blocks, stream_read_reference,
+};
 pub use pipeline::{Binding, Pipeline, PipelineSpec};
 pub use shaders::{SHADERS, Shader};
 pub use timing::{TimingMethod, Timings};

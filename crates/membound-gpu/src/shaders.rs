@@ -32,6 +32,7 @@ pub const SHADERS: &[Shader] = &[
     GEMV_LUT,
     LLAMA_OPS,
     FILL,
+    STREAM_READ,
 ];
 
 /// Dense GEMV with f32 or f16 weights.
@@ -72,6 +73,12 @@ pub const LLAMA_OPS: Shader = Shader::new(
 
 /// Seeded pseudo-random fills, for synthetic models generated on the GPU.
 pub const FILL: Shader = Shader::new("fill.wgsl", include_str!("../../../shaders/fill.wgsl"));
+
+/// A plain streaming read, the floor benchmarks compare kernels against.
+pub const STREAM_READ: Shader = Shader::new(
+    "stream_read.wgsl",
+    include_str!("../../../shaders/stream_read.wgsl"),
+);
 
 #[cfg(test)]
 mod tests {

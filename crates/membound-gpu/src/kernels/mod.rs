@@ -7,6 +7,7 @@ pub mod fill;
 pub mod llama;
 pub mod lut;
 pub mod sparse;
+pub mod stream;
 
 use crate::buffer::GpuVector;
 use crate::error::{GpuError, Result};

@@ -5,13 +5,22 @@
 //! then times passes that run every copy once; the time per GEMV is the
 //! median pass time divided by the number of copies. Bytes read count the
 //! weights, scales and everything else the kernel actually loads.
+//!
+//! Each case is also set against the *floor*: a plain streaming read of
+//! the same number of bytes (`shaders/stream_read.wgsl`), timed the same
+//! way in the same run. No kernel that reads those bytes can beat it, so
+//! `floor / time` says how much of what the device allows at that size a
+//! kernel reaches, and `dense f16 / floor` is the largest speedup over
+//! dense f16 that any kernel reading those bytes could show.
 
 use std::time::Duration;
 
 use membound_codec::{AffineCodec, Codec, Encoded, Group, Matrix, ScaleDType};
+use std::collections::HashMap;
+
 use membound_gpu::{
-    AffineGemv, DenseGemv, Dispatch, GpuContext, GpuVector, Launch, LutGemv, SparseGemv,
-    TimingMethod, WeightDType,
+    AffineGemv, DenseGemv, Dispatch, Fill, GpuBuffer, GpuContext, GpuVector, Launch, LutGemv,
+    SparseGemv, TimingMethod, WeightDType, fill_buffer, stream_read, stream_read_blocks, wgpu,
 };
 use membound_sparse::{ColMajorAffine4, ColMajorF16, threshold_for_sparsity};
 use serde::Serialize;
@@ -144,6 +153,8 @@ pub struct Config {
     /// Launch shape for the affine kernels instead of the one each picks
     /// from its bit width and row length (for tuning).
     pub affine_launch: Option<Launch>,
+    /// Also time the streaming-read floor of each case's byte count.
+    pub floor: bool,
 }
 
 impl Default for Config {
@@ -157,6 +168,7 @@ impl Default for Config {
             warm_up: Duration::from_millis(300),
             max_copies: 1024,
             affine_launch: None,
+            floor: true,
         }
     }
 }
@@ -186,6 +198,14 @@ pub struct Row {
     pub peak_fraction: Option<f64>,
     /// Dense f16 time at the same shape ÷ this time.
     pub speedup_vs_dense_f16: Option<f64>,
+    /// Median time of a plain streaming read of `bytes_read` bytes, in
+    /// microseconds (same method and working set; `None` with the floor off).
+    pub floor_us: Option<f64>,
+    /// `floor_us / median_us`: the share of the floor's speed reached.
+    pub floor_fraction: Option<f64>,
+    /// Dense f16 time at the same shape ÷ `floor_us`: the largest speedup
+    /// over dense f16 that any kernel reading these bytes could show here.
+    pub floor_speedup_vs_dense_f16: Option<f64>,
 }
 
 /// Everything one run measured.
@@ -421,6 +441,42 @@ fn time_case(
     ))
 }
 
+/// Times the streaming-read floor of `bytes` (rounded up to 16): copies of
+/// GPU-filled random bytes totalling the working set, each read once a
+/// pass, like [`time_case`]. Returns seconds per read.
+fn time_floor(ctx: &GpuContext, cfg: &Config, bytes: u64) -> Result<f64> {
+    let size = bytes.max(16).next_multiple_of(16);
+    let copies = (cfg.working_set.div_ceil(size) as usize).clamp(2, cfg.max_copies);
+    let out = GpuBuffer::new(
+        ctx,
+        "floor out",
+        stream_read_blocks(size) * 4,
+        wgpu::BufferUsages::STORAGE,
+    )?;
+    let mut buffers = Vec::with_capacity(copies);
+    let mut dispatches = Vec::with_capacity(copies);
+    for i in 0..copies {
+        let b = GpuBuffer::new(
+            ctx,
+            &format!("floor {size} bytes #{i}"),
+            size,
+            wgpu::BufferUsages::STORAGE,
+        )?;
+        fill_buffer(ctx, &b, Fill::Bits, i as u32)?;
+        dispatches.push(stream_read(ctx, &b, &out)?);
+        buffers.push(b);
+    }
+    let record = |pass: &mut membound_gpu::wgpu::ComputePass<'_>| {
+        for d in &dispatches {
+            d.record(pass);
+        }
+    };
+    ctx.warm_up(cfg.warm_up, record)?;
+    let t = ctx.time_repeated(cfg.reps, record)?;
+    drop(buffers);
+    Ok(t.median().as_secs_f64() / copies as f64)
+}
+
 /// Runs every case of `cfg`. `peak_override` replaces the datasheet peak;
 /// `progress(done, total, label)` is called before each case.
 pub fn run(
@@ -450,6 +506,7 @@ pub fn run(
         .sum();
     let total = cfg.shapes.len() * cases_per_shape;
     let mut rows = Vec::new();
+    let mut floors: HashMap<u64, f64> = HashMap::new();
     for &(r, c) in &cfg.shapes {
         let data: Vec<f32> = (0..r * c).map(|i| unit(i as u64) * 0.05).collect();
         let y = GpuVector::zeros(ctx, "bench y", r)?;
@@ -501,6 +558,18 @@ pub fn run(
                 if w == Weights::F16 {
                     dense_f16 = Some(secs);
                 }
+                let floor = if cfg.floor {
+                    Some(match floors.get(&bytes) {
+                        Some(&f) => f,
+                        None => {
+                            let f = time_floor(ctx, cfg, bytes)?;
+                            floors.insert(bytes, f);
+                            f
+                        }
+                    })
+                } else {
+                    None
+                };
                 let gbps = bytes as f64 / secs / 1e9;
                 shape_rows.push(Row {
                     rows: r,
@@ -518,11 +587,16 @@ pub fn run(
                     gbps,
                     peak_fraction: peak_gbps.map(|p| gbps / p),
                     speedup_vs_dense_f16: None,
+                    floor_us: floor.map(|f| f * 1e6),
+                    floor_fraction: floor.map(|f| f / secs),
+                    floor_speedup_vs_dense_f16: None,
                 });
             }
         }
         for row in &mut shape_rows {
             row.speedup_vs_dense_f16 = dense_f16.map(|d| d / (row.median_us * 1e-6));
+            row.floor_speedup_vs_dense_f16 =
+                dense_f16.zip(row.floor_us).map(|(d, f)| d / (f * 1e-6));
         }
         rows.extend(shape_rows);
     }
