@@ -25,7 +25,8 @@ pub use kernels::sparse::{
     Compaction, SparseDType, SparseGemv, SparseInput, SparseTuning, Threshold,
 };
 pub use kernels::stream::{
-    STREAM_BLOCK_BYTES, stream_read, stream_read_blocks, stream_read_reference,
+    STREAM_BLOCK_BYTES, StreamLaunch, stream_read, stream_read_blocks, stream_read_with,
+    stream_read_xors,
 };
 pub use pipeline::{Binding, Pipeline, PipelineSpec};
 pub use shaders::{SHADERS, Shader};

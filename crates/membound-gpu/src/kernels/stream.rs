@@ -15,26 +15,83 @@ use crate::error::{GpuError, Result};
 use crate::pipeline::{Binding, PipelineSpec};
 use crate::shaders::STREAM_READ;
 
-/// Threads a workgroup.
-const WG: u32 = 256;
-/// 16-byte loads a thread.
-const PER: u32 = 4;
+/// How [`stream_read_with`] lays out its reads: `threads` a workgroup (a
+/// power of two, 32 to 1024), each with `loads` 16-byte loads in flight (1
+/// to 32) in each of `rounds` rounds (1 to 64); a workgroup reads one
+/// contiguous block of `16 · threads · loads · rounds` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLaunch {
+    /// Threads a workgroup.
+    pub threads: u32,
+    /// 16-byte loads a thread per round.
+    pub loads: u32,
+    /// Rounds a workgroup.
+    pub rounds: u32,
+}
 
-/// Bytes one workgroup reads: one block, whose XOR it writes.
-pub const STREAM_BLOCK_BYTES: u64 = 16 * WG as u64 * PER as u64;
+impl Default for StreamLaunch {
+    /// 256 threads × 2 loads × 1 round (8 KiB blocks): on an H100 the
+    /// fastest of 19 launches at 11-112 MiB, or within 1% of it.
+    fn default() -> Self {
+        Self {
+            threads: 256,
+            loads: 2,
+            rounds: 1,
+        }
+    }
+}
 
-/// Blocks (workgroups, u32 outputs) a read of `bytes` takes.
+impl StreamLaunch {
+    /// Bytes one workgroup reads.
+    pub const fn block_bytes(self) -> u64 {
+        16 * self.threads as u64 * self.loads as u64 * self.rounds as u64
+    }
+
+    /// Blocks (workgroups, u32 outputs) a read of `bytes` takes.
+    pub const fn blocks(self, bytes: u64) -> u64 {
+        bytes.div_ceil(self.block_bytes())
+    }
+}
+
+/// Bytes one workgroup of [`stream_read`] reads: one block.
+pub const STREAM_BLOCK_BYTES: u64 = StreamLaunch {
+    threads: 256,
+    loads: 2,
+    rounds: 1,
+}
+.block_bytes();
+
+/// Blocks (workgroups, u32 outputs) a [`stream_read`] of `bytes` takes.
 pub fn stream_read_blocks(bytes: u64) -> u64 {
-    bytes.div_ceil(STREAM_BLOCK_BYTES)
+    StreamLaunch::default().blocks(bytes)
 }
 
 /// A dispatch that reads all of `src` (a non-empty multiple of 16 bytes,
-/// `STORAGE` usage) in 16-byte loads and writes, for each block of
-/// [`STREAM_BLOCK_BYTES`], the XOR of its u32 words to `out` (at least
-/// [`stream_read_blocks`] words, `STORAGE` usage). The XORs exist so the
-/// reads cannot be optimised away, and so a test can check them against
-/// [`stream_read_reference`].
-pub fn stream_read(ctx: &GpuContext, src: &GpuBuffer, out: &GpuBuffer) -> Result<Dispatch> {
+/// `STORAGE` usage) in 16-byte loads, one block of [`STREAM_BLOCK_BYTES`]
+/// a workgroup. Each thread XORs the u32 words it loads (see
+/// [`stream_read_xors`]); where a thread's XOR equals `magic`, it writes
+/// its index + 1 to `out[block]` (`out`: at least [`stream_read_blocks`]
+/// words, `STORAGE` usage; other words are left alone). The write depends
+/// on every word read, so no read can be optimised away, and a test can
+/// make one thread of each block match.
+pub fn stream_read(
+    ctx: &GpuContext,
+    src: &GpuBuffer,
+    out: &GpuBuffer,
+    magic: u32,
+) -> Result<Dispatch> {
+    stream_read_with(ctx, src, out, magic, StreamLaunch::default())
+}
+
+/// [`stream_read`] with another launch (for tuning): blocks of
+/// `launch.block_bytes()`.
+pub fn stream_read_with(
+    ctx: &GpuContext,
+    src: &GpuBuffer,
+    out: &GpuBuffer,
+    magic: u32,
+    launch: StreamLaunch,
+) -> Result<Dispatch> {
     let what = format!("streaming read of `{}`", src.name());
     let bytes = src.size();
     if bytes == 0 || bytes % 16 != 0 {
@@ -46,20 +103,41 @@ pub fn stream_read(ctx: &GpuContext, src: &GpuBuffer, out: &GpuBuffer) -> Result
     check_binding_size(ctx, src.name(), bytes)?;
     let n = u32::try_from(bytes / 16)
         .map_err(|_| GpuError::invalid(&what, format!("{bytes} bytes: over 2^32 vec4 loads")))?;
-    let blocks = stream_read_blocks(bytes);
+    let StreamLaunch {
+        threads,
+        loads,
+        rounds,
+    } = launch;
+    if !threads.is_power_of_two()
+        || !(32..=1024).contains(&threads)
+        || !(1..=32).contains(&loads)
+        || !(1..=64).contains(&rounds)
+        || threads > ctx.limits().max_compute_invocations_per_workgroup
+    {
+        return Err(GpuError::invalid(
+            &what,
+            format!(
+                "launch {threads} threads × {loads} loads × {rounds} rounds: needs a power of two \
+                 from 32 to 1024 threads (within the device's limit), 1 to 32 loads and 1 to 64 \
+                 rounds"
+            ),
+        ));
+    }
+    let blocks = launch.blocks(bytes);
     if out.size() < blocks * 4 {
         return Err(GpuError::invalid(
             &what,
             format!(
-                "output `{}` has {} bytes, needs {} (one u32 per {STREAM_BLOCK_BYTES}-byte block)",
+                "output `{}` has {} bytes, needs {} (a u32 per {}-byte block)",
                 out.name(),
                 out.size(),
-                blocks * 4
+                blocks * 4,
+                launch.block_bytes()
             ),
         ));
     }
     let grid = ctx.grid_1d(&what, blocks as u32)?;
-    let params: [u32; 4] = [n, 0, 0, 0];
+    let params: [u32; 4] = [n, magic, 0, 0];
     let params = GpuBuffer::from_bytes(
         ctx,
         &format!("{what} params"),
@@ -69,7 +147,11 @@ pub fn stream_read(ctx: &GpuContext, src: &GpuBuffer, out: &GpuBuffer) -> Result
     let pipeline = ctx.pipeline(&PipelineSpec {
         shader: STREAM_READ,
         entry: "stream_read",
-        constants: &[("WG", f64::from(WG)), ("PER", f64::from(PER))],
+        constants: &[
+            ("WG", f64::from(threads)),
+            ("PER", f64::from(loads)),
+            ("ITERS", f64::from(rounds)),
+        ],
         bindings: &[
             Binding::Uniform,
             Binding::Storage,
@@ -82,11 +164,26 @@ pub fn stream_read(ctx: &GpuContext, src: &GpuBuffer, out: &GpuBuffer) -> Result
     Ok(d)
 }
 
-/// What [`stream_read`] writes for `words` (the u32 words of the source):
-/// the XOR of each block's words.
-pub fn stream_read_reference(words: &[u32]) -> Vec<u32> {
-    words
-        .chunks((STREAM_BLOCK_BYTES / 4) as usize)
-        .map(|b| b.iter().fold(0, |a, &w| a ^ w))
-        .collect()
+/// The XOR each thread of a streaming read with `launch` computes over
+/// `words` (the u32 words of the source), at `[block · threads + thread]`.
+pub fn stream_read_xors(words: &[u32], launch: StreamLaunch) -> Vec<u32> {
+    let (threads, loads, rounds) = (
+        launch.threads as usize,
+        launch.loads as usize,
+        launch.rounds as usize,
+    );
+    let vec4s = words.len() / 4;
+    let blocks = launch.blocks(4 * words.len() as u64) as usize;
+    let mut xors = vec![0u32; blocks * threads];
+    for (b, chunk) in xors.chunks_mut(threads).enumerate() {
+        for (t, x) in chunk.iter_mut().enumerate() {
+            for j in 0..rounds * loads {
+                let i = (b * rounds * loads + j) * threads + t;
+                if i < vec4s {
+                    *x ^= words[4 * i..4 * i + 4].iter().fold(0, |a, &w| a ^ w);
+                }
+            }
+        }
+    }
+    xors
 }

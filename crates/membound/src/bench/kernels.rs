@@ -463,7 +463,7 @@ fn time_floor(ctx: &GpuContext, cfg: &Config, bytes: u64) -> Result<f64> {
             wgpu::BufferUsages::STORAGE,
         )?;
         fill_buffer(ctx, &b, Fill::Bits, i as u32)?;
-        dispatches.push(stream_read(ctx, &b, &out)?);
+        dispatches.push(stream_read(ctx, &b, &out, 0x9e37_79b9)?);
         buffers.push(b);
     }
     let record = |pass: &mut membound_gpu::wgpu::ComputePass<'_>| {
