@@ -52,10 +52,10 @@ fn crafted(n: usize, launch: StreamLaunch, rng: &mut Rng) -> (Vec<u32>, Vec<u32>
         let span = (vec4s - first).min(threads);
         let t = (rng.next_u64() % span as u64) as usize;
         words[4 * (first + t)] ^= xors[b * threads + t] ^ MAGIC;
-        let loads = (0..per_block)
+        let mut loads = (0..per_block)
             .map(|j| first + j * threads + t)
             .filter(|&i| i < vec4s);
-        last.push(4 * loads.last().unwrap() + 3);
+        last.push(4 * loads.next_back().unwrap() + 3);
         chosen.push(t as u32 + 1);
     }
     let xors = stream_read_xors(&words, launch);
