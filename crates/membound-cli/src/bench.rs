@@ -32,7 +32,10 @@ enum What {
 /// The same tokens are then decoded again GPU-resident (each step's argmax
 /// feeds the next step's embedding on the device, one read-back at the
 /// end; checked to choose the same tokens): the "resident" column is the
-/// GPU's own decode rate, with no host step between tokens.
+/// GPU's own decode rate, with no host step between tokens. Each dense
+/// case also gets its floor: plain streaming reads of each of its weight
+/// matrices, timed and summed over a token; no decode step can read its
+/// weights faster (attention and the small kernels come on top).
 ///
 /// --synthetic builds a model of a real size with weights generated on the
 /// GPU from a seed: llama-8b (Llama 3 8B shapes, 16 GB in f16) needs no
@@ -107,6 +110,12 @@ struct DecodeArgs {
     /// Peak memory bandwidth in GB/s, overriding the datasheet table.
     #[arg(long)]
     peak_gbps: Option<f64>,
+    /// Skip the floor: by default each dense case also times plain
+    /// streaming reads of every weight matrix's bytes, summed over a token
+    /// ("floor ms"; "% floor" = floor ÷ ms/token for step-by-step and
+    /// resident decoding). No decode can read its weights faster.
+    #[arg(long)]
+    no_floor: bool,
     /// Also write the results as JSON to this file (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -358,6 +367,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         fuse: !a.unfused,
         sparse_gate_up: a.sparse_gate_up,
         sparse_attention: a.sparse_attention,
+        floor: !a.no_floor,
     };
     let loaded;
     let subject = match (&a.synthetic, &a.model) {
@@ -413,6 +423,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
         "kernels µs (gemv/attn/other)",
         "overhead µs",
         "resident tok/s (% roofline)",
+        "floor ms (% floor step/resident)",
     ]);
     for r in &report.rows {
         let split = r.split.as_ref();
@@ -469,9 +480,18 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
                 (Some(t), None) => format!("{t:.1}"),
                 _ => "-".into(),
             },
+            match (r.floor_ms_per_token, r.floor_fraction) {
+                (Some(f), Some(p)) => format!(
+                    "{f:.3} ({:.1}/{})",
+                    p * 100.0,
+                    r.resident_floor_fraction
+                        .map_or_else(|| "-".into(), |q| format!("{:.1}", q * 100.0))
+                ),
+                _ => "-".into(),
+            },
         ]);
     }
-    for col in 1..11 {
+    for col in 1..12 {
         if let Some(c) = t.column_mut(col) {
             c.set_cell_alignment(comfy_table::CellAlignment::Right);
         }

@@ -189,6 +189,17 @@ fn greedy_resident_matches_step_by_step() {
             ..Default::default()
         };
         let mut gpu = GpuLlama::new(Arc::clone(&ctx), &prepared, opts).unwrap();
+        // One size per weight matrix (q/k/v, o, gate/up, down a layer, and
+        // the classifier): f32 rows of dim inputs, or hidden for down.
+        let sizes = gpu.weight_matrix_bytes();
+        assert_eq!(sizes.len(), 4 * cfg.n_layers + 1);
+        let (d, h) = (cfg.dim as u64, cfg.hidden_dim as u64);
+        let kv = (cfg.n_kv_heads * cfg.head_dim()) as u64;
+        assert_eq!(sizes[1], 4 * d * d.next_multiple_of(4), "o");
+        assert_eq!(sizes[2], 4 * 2 * h * d.next_multiple_of(4), "gate/up");
+        assert_eq!(sizes[3], 4 * d * h.next_multiple_of(4), "down");
+        assert_eq!(sizes[0], 4 * (d + 2 * kv) * d.next_multiple_of(4), "q/k/v");
+        assert!(sizes.iter().sum::<u64>() < gpu.weight_bytes_per_token());
         let tokens = gpu.greedy_resident(1, 0, LLAMA2XS_GREEDY.len()).unwrap();
         assert_eq!(tokens, LLAMA2XS_GREEDY, "fuse={fuse}");
         // A second run reuses the device table and overwrites the cache.

@@ -54,6 +54,9 @@ pub struct Config {
     /// Record the fused step (see [`GpuLlamaOptions::fuse`]); `false` for
     /// the unfused one, to measure what fusion buys.
     pub fuse: bool,
+    /// Also time each dense case's floor: plain streaming reads of every
+    /// weight matrix's bytes, summed over a token.
+    pub floor: bool,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             fuse: true,
             sparse_gate_up: false,
             sparse_attention: false,
+            floor: true,
         }
     }
 }
@@ -151,6 +155,17 @@ pub struct Row {
     pub roofline_tokens_per_s: Option<f64>,
     /// Measured ÷ roofline.
     pub roofline_fraction: Option<f64>,
+    /// Dense rows: the token's floor, ms: the sum over its weight matrices
+    /// of a plain streaming read of each one's bytes (`stream_read.wgsl`,
+    /// rotating copies totalling the model's matrix bytes, at most 512
+    /// MiB). No decode step can read its weights faster; attention and the
+    /// small ops come on top. `None` for sparse rows (what they read
+    /// depends on their inputs) and with the floor off.
+    pub floor_ms_per_token: Option<f64>,
+    /// `floor_ms_per_token / ms_per_token`.
+    pub floor_fraction: Option<f64>,
+    /// `floor_ms_per_token / resident_ms_per_token`.
+    pub resident_floor_fraction: Option<f64>,
     /// Tokens/s over the first case's.
     pub speedup_vs_first: f64,
     /// Sparse rows: tokens/s over the dense row of the same weights.
@@ -165,6 +180,31 @@ pub struct Row {
     pub measured_down_speedup: Option<f64>,
     /// Where a token's time goes.
     pub split: Option<Split>,
+}
+
+/// The floor of a token that reads matrices of `sizes` bytes once each:
+/// the sum of plain streaming reads of each size (each size timed once,
+/// over rotating copies totalling the matrices' bytes, at most 512 MiB,
+/// so a small model's floor reads from cache as its decode does), in ms.
+pub fn token_floor_ms(ctx: &GpuContext, sizes: &[u64]) -> Result<f64> {
+    let mut counts = std::collections::BTreeMap::<u64, u64>::new();
+    for &s in sizes {
+        *counts.entry(s).or_default() += 1;
+    }
+    let working_set = sizes.iter().sum::<u64>().min(512 << 20);
+    let mut total = 0.0;
+    for (&size, &n) in &counts {
+        let t = super::kernels::time_floor(
+            ctx,
+            working_set,
+            1024,
+            Duration::from_millis(200),
+            10,
+            size,
+        )?;
+        total += n as f64 * t;
+    }
+    Ok(total * 1e3)
 }
 
 /// A whole run.
@@ -464,11 +504,24 @@ pub fn run(
             peak_gbps: peak,
             roofline_tokens_per_s: roofline,
             roofline_fraction: roofline.map(|r| tps / r),
+            floor_ms_per_token: None,
+            floor_fraction: None,
+            resident_floor_fraction: None,
             speedup_vs_first: tps / first,
             split,
         });
+        let sizes = m.weight_matrix_bytes().to_vec();
         drop(m);
         ctx.wait()?;
+        if cfg.floor && sparse.is_none() {
+            progress("timing the floor (plain reads of every weight matrix)");
+            let floor = token_floor_ms(ctx, &sizes)?;
+            if let Some(row) = rows.last_mut() {
+                row.floor_ms_per_token = Some(floor);
+                row.floor_fraction = Some(floor / row.ms_per_token);
+                row.resident_floor_fraction = row.resident_ms_per_token.map(|r| floor / r);
+            }
+        }
     }
     Ok(Report {
         adapter,

@@ -442,11 +442,19 @@ fn time_case(
 }
 
 /// Times the streaming-read floor of `bytes` (rounded up to 16): copies of
-/// GPU-filled random bytes totalling the working set, each read once a
-/// pass, like [`time_case`]. Returns seconds per read.
-fn time_floor(ctx: &GpuContext, cfg: &Config, bytes: u64) -> Result<f64> {
+/// GPU-filled random bytes totalling `working_set` (at least 2, at most
+/// `max_copies`), each read once a pass, like [`time_case`]; `warm_up`,
+/// then the median of `reps` passes. Returns seconds per read.
+pub(crate) fn time_floor(
+    ctx: &GpuContext,
+    working_set: u64,
+    max_copies: usize,
+    warm_up: Duration,
+    reps: usize,
+    bytes: u64,
+) -> Result<f64> {
     let size = bytes.max(16).next_multiple_of(16);
-    let copies = (cfg.working_set.div_ceil(size) as usize).clamp(2, cfg.max_copies);
+    let copies = (working_set.div_ceil(size) as usize).clamp(2, max_copies.max(2));
     let out = GpuBuffer::new(
         ctx,
         "floor out",
@@ -471,8 +479,8 @@ fn time_floor(ctx: &GpuContext, cfg: &Config, bytes: u64) -> Result<f64> {
             d.record(pass);
         }
     };
-    ctx.warm_up(cfg.warm_up, record)?;
-    let t = ctx.time_repeated(cfg.reps, record)?;
+    ctx.warm_up(warm_up, record)?;
+    let t = ctx.time_repeated(reps.max(1), record)?;
     drop(buffers);
     Ok(t.median().as_secs_f64() / copies as f64)
 }
@@ -562,7 +570,14 @@ pub fn run(
                     Some(match floors.get(&bytes) {
                         Some(&f) => f,
                         None => {
-                            let f = time_floor(ctx, cfg, bytes)?;
+                            let f = time_floor(
+                                ctx,
+                                cfg.working_set,
+                                cfg.max_copies,
+                                cfg.warm_up,
+                                cfg.reps,
+                                bytes,
+                            )?;
                             floors.insert(bytes, f);
                             f
                         }

@@ -663,6 +663,8 @@ pub struct GpuLlama {
     resident: Option<(GpuBuffer, Dispatch)>,
     caches: Vec<KvCache>,
     weight_bytes: u64,
+    /// Bytes of each weight matrix as stored on the device.
+    matrix_bytes: Vec<u64>,
     /// Kept alive for the recorded bind groups.
     _buffers: Vec<GpuVector>,
 }
@@ -1029,7 +1031,7 @@ impl GpuLlama {
         let mut sparse_gate_up = Vec::new();
         let mut sparse_qkv = Vec::new();
         let mut sparse_o = Vec::new();
-        let mut sparse_bytes = 0;
+        let mut sparse_sizes: Vec<u64> = Vec::new();
         let mut long_attention = Vec::new();
         // Fused: 5 dispatches a block. The residual stream x is read with
         // the norm folded into the q/k/v and gate/up GEMVs, and the o and
@@ -1089,7 +1091,7 @@ impl GpuLlama {
                         m.bind_threshold(c, &xb, &tau, &qkv)?
                     };
                     calls.push((OpKind::SparseAttention, d));
-                    sparse_bytes += m.weight_bytes();
+                    sparse_sizes.push(m.weight_bytes());
                     sparse_qkv.push((*m, tau));
                 }
             }
@@ -1119,7 +1121,7 @@ impl GpuLlama {
                         m.bind_threshold(c, &att, &tau, &y)?
                     };
                     calls.push((OpKind::SparseAttention, d));
-                    sparse_bytes += m.weight_bytes();
+                    sparse_sizes.push(m.weight_bytes());
                     sparse_o.push((*m, tau));
                 }
             }
@@ -1155,7 +1157,7 @@ impl GpuLlama {
                     if !glu_in {
                         calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
                     }
-                    sparse_bytes += m.weight_bytes();
+                    sparse_sizes.push(m.weight_bytes());
                     sparse_gate_up.push((*m, tau));
                 }
                 Proj::Sparse(m) => {
@@ -1168,7 +1170,7 @@ impl GpuLlama {
                         m.bind_threshold(c, &xb, &tau, &gate_up)?,
                     ));
                     calls.push((OpKind::Elementwise, ops::swiglu(c, &gate_up, &hidden)?));
-                    sparse_bytes += m.weight_bytes();
+                    sparse_sizes.push(m.weight_bytes());
                     sparse_gate_up.push((*m, tau));
                 }
             }
@@ -1194,7 +1196,7 @@ impl GpuLlama {
                         m.bind_threshold(c, &hidden, &tau, down_out)?
                     };
                     calls.push((OpKind::SparseDown, d));
-                    sparse_bytes += m.weight_bytes();
+                    sparse_sizes.push(m.weight_bytes());
                     sparse.push((*m, tau));
                 }
             }
@@ -1218,9 +1220,9 @@ impl GpuLlama {
         }
         let argmax = ops::argmax(c, &logits, &next)?;
         matrices.push(classifier);
-        let weight_bytes = matrices.iter().map(GpuMatrix::weight_bytes).sum::<u64>()
-            + sparse_bytes
-            + side_bytes(cfg, embed_f16);
+        let mut matrix_bytes: Vec<u64> = matrices.iter().map(GpuMatrix::weight_bytes).collect();
+        matrix_bytes.extend(&sparse_sizes);
+        let weight_bytes = matrix_bytes.iter().sum::<u64>() + side_bytes(cfg, embed_f16);
         buffers.extend([xb, qkv, att, y, gate_up, hidden, rope, norm]);
         ctx.check()?;
         Ok(Self {
@@ -1246,6 +1248,7 @@ impl GpuLlama {
             resident: None,
             caches,
             weight_bytes,
+            matrix_bytes,
             _buffers: buffers,
             ctx,
         })
@@ -1265,6 +1268,14 @@ impl GpuLlama {
     /// with row padding, norms and one embedding row).
     pub fn weight_bytes_per_token(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// Bytes of each weight matrix as stored on the device (q/k/v, o,
+    /// gate/up and down of every layer, then the classifier; sparse ones
+    /// column-major, in full). A dense token reads each once: the floor of
+    /// its time is the sum of plain reads of these sizes.
+    pub fn weight_matrix_bytes(&self) -> &[u64] {
+        &self.matrix_bytes
     }
 
     /// Bytes of KV cache on the device.
