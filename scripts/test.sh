@@ -29,7 +29,7 @@ echo "== building"
 cargo build --release --workspace --all-targets --locked
 
 echo "== fetching default models"
-./target/release/membound models fetch
+"${CARGO_TARGET_DIR:-target}/release/membound" models fetch
 
 echo "== testing"
 export MEMBOUND_REQUIRE_MODELS=1
