@@ -15,6 +15,13 @@ pub(crate) fn err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> anyhow
     move |e| anyhow!("{}: plotting failed: {e}", path.display())
 }
 
+/// Writes a rendered SVG to `path` atomically (a temporary file and a
+/// rename), so a reader never sees half a plot.
+pub(crate) fn write_svg(path: &Path, svg: &str) -> Result<()> {
+    membound::sparsity::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
 /// Series colour `i` (cycling).
 pub(crate) fn color(i: usize) -> RGBColor {
     // Okabe–Ito and a few more: distinguishable, colour-blind safe first.
@@ -56,80 +63,85 @@ pub fn frontier(path: &Path, title: &str, settings: &[SettingSummary]) -> Result
     let xmax = pts.iter().map(|s| s.bits_per_weight).fold(0.0, f64::max) * 1.25;
     let ymax = pts.iter().map(|s| s.mean_sqnr_db).fold(0.0, f64::max) + 3.0;
     let ymin = pts.iter().map(|s| s.mean_sqnr_db).fold(0.0, f64::min) - 1.0;
-    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
-        .map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc("bits per weight (all side information, log scale)")
-        .y_desc("SQNR, dB (mean over tensors)")
-        .x_labels(10)
-        .light_line_style(WHITE)
-        .x_label_formatter(&|x| format!("{}", (x * 100.0).round() / 100.0))
-        .draw()
-        .map_err(err(path))?;
-    let mut families: Vec<&str> = Vec::new();
-    for s in &pts {
-        if !families.contains(&s.family.as_str()) {
-            families.push(&s.family);
-        }
-    }
-    for (i, fam) in families.iter().enumerate() {
-        let mut series: Vec<(f64, f64)> = pts
-            .iter()
-            .filter(|s| s.family == *fam)
-            .map(|s| (s.bits_per_weight, s.mean_sqnr_db))
-            .collect();
-        series.sort_by(|a, b| a.0.total_cmp(&b.0));
-        // Each family's own frontier as the line; every setting as a dot.
-        let mut line = Vec::new();
-        let mut best = f64::NEG_INFINITY;
-        for &(x, y) in &series {
-            if y > best {
-                line.push((x, y));
-                best = y;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
+            .map_err(err(path))?;
+        chart
+            .configure_mesh()
+            .x_desc("bits per weight (all side information, log scale)")
+            .y_desc("SQNR, dB (mean over tensors)")
+            .x_labels(10)
+            .light_line_style(WHITE)
+            .x_label_formatter(&|x| format!("{}", (x * 100.0).round() / 100.0))
+            .draw()
+            .map_err(err(path))?;
+        let mut families: Vec<&str> = Vec::new();
+        for s in &pts {
+            if !families.contains(&s.family.as_str()) {
+                families.push(&s.family);
             }
         }
-        let c = color(i);
+        for (i, fam) in families.iter().enumerate() {
+            let mut series: Vec<(f64, f64)> = pts
+                .iter()
+                .filter(|s| s.family == *fam)
+                .map(|s| (s.bits_per_weight, s.mean_sqnr_db))
+                .collect();
+            series.sort_by(|a, b| a.0.total_cmp(&b.0));
+            // Each family's own frontier as the line; every setting as a dot.
+            let mut line = Vec::new();
+            let mut best = f64::NEG_INFINITY;
+            for &(x, y) in &series {
+                if y > best {
+                    line.push((x, y));
+                    best = y;
+                }
+            }
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(line, c.stroke_width(2)))
+                .map_err(err(path))?
+                .label(*fam)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    series
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, y), 4, c.filled())),
+                )
+                .map_err(err(path))?;
+        }
+        let mut front: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|s| s.on_frontier)
+            .map(|s| (s.bits_per_weight, s.mean_sqnr_db))
+            .collect();
+        front.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
-            .draw_series(LineSeries::new(line, c.stroke_width(2)))
+            .draw_series(DashedLineSeries::new(front, 6, 4, BLACK.stroke_width(1)))
             .map_err(err(path))?
-            .label(*fam)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+            .label("Pareto frontier")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(1)));
         chart
-            .draw_series(
-                series
-                    .iter()
-                    .map(|&(x, y)| Circle::new((x, y), 4, c.filled())),
-            )
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
             .map_err(err(path))?;
+        root.present().map_err(err(path))?;
     }
-    let mut front: Vec<(f64, f64)> = pts
-        .iter()
-        .filter(|s| s.on_frontier)
-        .map(|s| (s.bits_per_weight, s.mean_sqnr_db))
-        .collect();
-    front.sort_by(|a, b| a.0.total_cmp(&b.0));
-    chart
-        .draw_series(DashedLineSeries::new(front, 6, 4, BLACK.stroke_width(1)))
-        .map_err(err(path))?
-        .label("Pareto frontier")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(1)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err(path))?;
-    root.present().map_err(err(path))?;
-    Ok(())
+    write_svg(path, &svg)
 }
 
 fn hist_panel(
@@ -239,21 +251,24 @@ fn hist_panel(
 /// A tensor's weight histogram over mean ± 6σ with the Gaussian of the same
 /// mean and σ, on a linear and a log axis side by side.
 pub fn histogram(path: &Path, model: &str, h: &Histogram) -> Result<()> {
-    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let title = format!(
-        "{model}: {} — excess kurtosis {:.2}, {} weights ({} beyond ±6σ)",
-        h.tensor,
-        h.excess_kurtosis,
-        h.count,
-        h.below + h.above
-    );
-    let root = root.titled(&title, ("sans-serif", 17)).map_err(err(path))?;
-    let (left, right) = root.split_horizontally(500);
-    hist_panel(&left, h, false, path)?;
-    hist_panel(&right, h, true, path)?;
-    root.present().map_err(err(path))?;
-    Ok(())
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(err(path))?;
+        let title = format!(
+            "{model}: {} — excess kurtosis {:.2}, {} weights ({} beyond ±6σ)",
+            h.tensor,
+            h.excess_kurtosis,
+            h.count,
+            h.below + h.above
+        );
+        let root = root.titled(&title, ("sans-serif", 17)).map_err(err(path))?;
+        let (left, right) = root.split_horizontally(500);
+        hist_panel(&left, h, false, path)?;
+        hist_panel(&right, h, true, path)?;
+        root.present().map_err(err(path))?;
+    }
+    write_svg(path, &svg)
 }
 
 /// 4-bit affine SQNR against values per group, one line per distribution,
@@ -284,65 +299,70 @@ pub fn grouping(path: &Path, s: &SyntheticStudy) -> Result<()> {
     let ymin = all.iter().copied().fold(f64::INFINITY, f64::min).min(0.0) - 1.0;
     let ymax = all.iter().copied().fold(f64::NEG_INFINITY, f64::max) + 2.0;
     let (xmin, xmax) = (pts[0].0 * 0.8, pts[pts.len() - 1].0 * 1.25);
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "4-bit affine SQNR against group size (same values, regrouped)",
-            ("sans-serif", 19),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
-        .map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc("values sharing one scale and bias (log scale)")
-        .y_desc("SQNR, dB")
-        .light_line_style(WHITE)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .draw()
-        .map_err(err(path))?;
-    for (i, name) in names.iter().enumerate() {
-        let c = color(i);
-        let line: Vec<(f64, f64)> = pts
-            .iter()
-            .filter_map(|p| p.1.get(i).map(|&y| (p.0, y)))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
-            .map_err(err(path))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-        chart
-            .draw_series(
-                line.iter()
-                    .map(|&(x, y)| Circle::new((x, y), 3, c.filled())),
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "4-bit affine SQNR against group size (same values, regrouped)",
+                ("sans-serif", 19),
             )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
             .map_err(err(path))?;
-        if let Some(n) = s.distributions.get(i).and_then(|d| d.notes) {
+        chart
+            .configure_mesh()
+            .x_desc("values sharing one scale and bias (log scale)")
+            .y_desc("SQNR, dB")
+            .light_line_style(WHITE)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(err(path))?;
+        for (i, name) in names.iter().enumerate() {
+            let c = color(i);
+            let line: Vec<(f64, f64)> = pts
+                .iter()
+                .filter_map(|p| p.1.get(i).map(|&y| (p.0, y)))
+                .collect();
             chart
-                .draw_series(std::iter::once(TriangleMarker::new(
-                    (s.options.cols as f64, n.affine_db),
-                    7,
-                    c.stroke_width(2),
-                )))
+                .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
+                .map_err(err(path))?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    line.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, c.filled())),
+                )
                 .map_err(err(path))?;
+            if let Some(n) = s.distributions.get(i).and_then(|d| d.notes) {
+                chart
+                    .draw_series(std::iter::once(TriangleMarker::new(
+                        (s.options.cols as f64, n.affine_db),
+                        7,
+                        c.stroke_width(2),
+                    )))
+                    .map_err(err(path))?;
+            }
         }
+        chart
+            .draw_series(std::iter::once(TriangleMarker::new((xmin, ymin), 0, BLACK)))
+            .map_err(err(path))?
+            .label("▲ = the notes' figure")
+            .legend(|(x, y)| TriangleMarker::new((x + 9, y), 6, BLACK.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err(path))?;
+        root.present().map_err(err(path))?;
     }
-    chart
-        .draw_series(std::iter::once(TriangleMarker::new((xmin, ymin), 0, BLACK)))
-        .map_err(err(path))?
-        .label("▲ = the notes' figure")
-        .legend(|(x, y)| TriangleMarker::new((x + 9, y), 6, BLACK.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err(path))?;
-    root.present().map_err(err(path))?;
-    Ok(())
+    write_svg(path, &svg)
 }
