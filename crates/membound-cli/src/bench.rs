@@ -1,6 +1,6 @@
 //! `membound bench`: measured speed of kernels.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -138,6 +138,7 @@ struct DecodeArgs {
 ///   membound bench kernels
 ///   membound bench kernels --shapes 4096x14336 --weights f16 --json out.json
 ///   membound bench kernels --quick
+///   membound bench kernels --shapes 4096x14336 --plot kernels.svg
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 struct KernelArgs {
@@ -180,6 +181,10 @@ struct KernelArgs {
     /// could show).
     #[arg(long)]
     no_floor: bool,
+    /// Also draw every case's time against its bytes read (log–log, one
+    /// colour per format, the floor as a line) to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Also write the results as JSON to this file (`-` for stdout only).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -221,7 +226,27 @@ fn parse_shape(s: &str) -> Result<(usize, usize)> {
     Ok((r, c))
 }
 
+/// Fails early (before minutes of measuring) when an output file's folder
+/// does not exist.
+fn check_output(flag: &str, path: Option<&Path>) -> Result<()> {
+    let Some(path) = path.filter(|p| p.as_os_str() != "-") else {
+        return Ok(());
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = dir {
+        anyhow::ensure!(
+            d.is_dir(),
+            "{flag} {}: folder {} does not exist",
+            path.display(),
+            d.display()
+        );
+    }
+    Ok(())
+}
+
 fn run_kernels(a: KernelArgs) -> Result<()> {
+    check_output("--json", a.json.as_deref())?;
+    check_output("--plot", a.plot.as_deref())?;
     let mut cfg = Config::default();
     if a.quick {
         cfg.shapes = vec![(576, 576), (1536, 576), (576, 1536)];
@@ -324,6 +349,10 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
             report.timing
         ),
     }
+    if let Some(path) = &a.plot {
+        crate::plot::kernels(path, &report)?;
+        eprintln!("plot: {}", path.display());
+    }
     if let Some(path) = a.json {
         let text = serde_json::to_string_pretty(&report)?;
         if path.as_os_str() == "-" {
@@ -336,6 +365,7 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
 }
 
 fn run_decode(a: DecodeArgs) -> Result<()> {
+    check_output("--json", a.json.as_deref())?;
     use membound::bench::decode::{self, Subject};
     use membound::model::{GpuLlama, WeightPlan, load_llama, prepare};
 

@@ -366,3 +366,111 @@ pub fn grouping(path: &Path, s: &SyntheticStudy) -> Result<()> {
     }
     write_svg(path, &svg)
 }
+
+/// `bench kernels --plot`: each case's median time against the bytes it
+/// reads (log–log), one colour per weight format, with the plain-read
+/// floor as a black line: a kernel on the line reads as fast as the device
+/// reads anything of that size.
+pub fn kernels(path: &Path, report: &membound::bench::kernels::Report) -> Result<()> {
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    let rows: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.bytes_read > 0 && r.median_us.is_finite() && r.median_us > 0.0)
+        .collect();
+    if rows.is_empty() {
+        return Err(anyhow!("{}: no measured case to plot", path.display()));
+    }
+    let mut floor: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| r.floor_us.map(|f| (mib(r.bytes_read), f)))
+        .collect();
+    floor.sort_by(|a, b| a.0.total_cmp(&b.0));
+    floor.dedup_by(|a, b| a.0 == b.0);
+    let xs = rows.iter().map(|r| mib(r.bytes_read));
+    let ys = rows
+        .iter()
+        .map(|r| r.median_us)
+        .chain(floor.iter().map(|p| p.1));
+    let (xmin, xmax) = xs.fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
+    let (ymin, ymax) = ys.fold((f64::INFINITY, 0.0f64), |(a, b), y| (a.min(y), b.max(y)));
+    let mut labels: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !labels.contains(&r.weights.as_str()) {
+            labels.push(&r.weights);
+        }
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 650)).into_drawing_area();
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: GEMV time against bytes read", report.device),
+                ("sans-serif", 19),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                (xmin * 0.8..xmax * 1.25).log_scale(),
+                (ymin * 0.8..ymax * 1.25).log_scale(),
+            )
+            .map_err(err(path))?;
+        chart
+            .configure_mesh()
+            .x_desc("MiB read per call (log scale)")
+            .y_desc("median µs per call (log scale)")
+            .light_line_style(WHITE)
+            .x_labels(8)
+            .y_labels(8)
+            .x_label_formatter(&|v| significant(*v))
+            .y_label_formatter(&|v| significant(*v))
+            .draw()
+            .map_err(err(path))?;
+        if !floor.is_empty() {
+            chart
+                .draw_series(LineSeries::new(floor, BLACK.stroke_width(2)))
+                .map_err(err(path))?
+                .label("floor: a plain read of the same bytes")
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2))
+                });
+        }
+        for (i, label) in labels.iter().enumerate() {
+            let c = color(i);
+            chart
+                .draw_series(
+                    rows.iter()
+                        .filter(|r| r.weights == *label)
+                        .map(|r| Circle::new((mib(r.bytes_read), r.median_us), 4, c.filled())),
+                )
+                .map_err(err(path))?
+                .label(*label)
+                .legend(move |(x, y)| Circle::new((x + 9, y), 4, c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err(path))?;
+        root.present().map_err(err(path))?;
+    }
+    write_svg(path, &svg)
+}
+
+/// `v` with two significant digits, for log-axis labels.
+fn significant(v: f64) -> String {
+    if v <= 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let decimals = (1 - v.log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}

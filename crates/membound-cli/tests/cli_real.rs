@@ -281,6 +281,7 @@ fn bench_kernels_quick_json() {
     }
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
+    let plot = dir.path().join("kernels.svg");
     let (code, out, err) = membound(&[
         "bench",
         "kernels",
@@ -289,9 +290,24 @@ fn bench_kernels_quick_json() {
         "64x96",
         "--json",
         json.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("× dense f16"), "{out}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("floor: a plain read") && svg.contains("sparse-f16"));
+    // A plot into a folder that does not exist fails before measuring.
+    let (code, _, err) = membound(&[
+        "bench",
+        "kernels",
+        "--quick",
+        "--plot",
+        dir.path().join("no/such/k.svg").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not exist"), "{err}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = r["rows"].as_array().unwrap();
     assert!(!rows.is_empty());
