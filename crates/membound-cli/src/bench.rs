@@ -139,6 +139,7 @@ struct DecodeArgs {
 ///   membound bench kernels --shapes 4096x14336 --weights f16 --json out.json
 ///   membound bench kernels --quick
 ///   membound bench kernels --shapes 4096x14336 --plot kernels.svg
+///   membound bench kernels --from docs/data/bench-kernels-h100.json --plot h100.svg
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 struct KernelArgs {
@@ -185,6 +186,11 @@ struct KernelArgs {
     /// colour per format, the floor as a line) to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Measure nothing: read a report written by --json (e.g. one in
+    /// docs/data/) and print its table, and plot it with --plot. Needs no
+    /// GPU.
+    #[arg(long, value_name = "FILE.json")]
+    from: Option<PathBuf>,
     /// Also write the results as JSON to this file (`-` for stdout only).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -244,6 +250,29 @@ fn check_output(flag: &str, path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// Runs the kernel benchmark on the default adapter, with a progress bar.
+fn measure_kernels(cfg: &Config, peak_gbps: Option<f64>) -> Result<kernels::Report> {
+    let ctx = GpuContext::new()?;
+    let info = ctx.adapter();
+    eprintln!(
+        "adapter: {} ({:?}, {} {})",
+        info.name, info.backend, info.driver, info.driver_info
+    );
+    let bar = std::cell::OnceCell::new();
+    let mut last = 0;
+    let report = kernels::run(&ctx, cfg, peak_gbps, &mut |done, total, _| {
+        let bar = bar.get_or_init(|| crate::progress::LazyBar::new(total as u64, "benchmark"));
+        while last < done {
+            bar.step();
+            last += 1;
+        }
+    })?;
+    if let Some(b) = bar.get() {
+        b.finish();
+    }
+    Ok(report)
+}
+
 fn run_kernels(a: KernelArgs) -> Result<()> {
     check_output("--json", a.json.as_deref())?;
     check_output("--plot", a.plot.as_deref())?;
@@ -284,24 +313,19 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
         cfg.affine_launch = Some(parse_launch(l)?);
     }
     cfg.floor = !a.no_floor;
-    let ctx = GpuContext::new()?;
-    let info = ctx.adapter();
-    eprintln!(
-        "adapter: {} ({:?}, {} {})",
-        info.name, info.backend, info.driver, info.driver_info
-    );
-    let bar = std::cell::OnceCell::new();
-    let mut last = 0;
-    let report = kernels::run(&ctx, &cfg, a.peak_gbps, &mut |done, total, _| {
-        let bar = bar.get_or_init(|| crate::progress::LazyBar::new(total as u64, "benchmark"));
-        while last < done {
-            bar.step();
-            last += 1;
+    let report = match &a.from {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--from {}", path.display()))?;
+            serde_json::from_str::<kernels::Report>(&text).with_context(|| {
+                format!(
+                    "--from {}: not a `membound bench kernels --json` report",
+                    path.display()
+                )
+            })?
         }
-    })?;
-    if let Some(b) = bar.get() {
-        b.finish();
-    }
+        None => measure_kernels(&cfg, a.peak_gbps)?,
+    };
 
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);

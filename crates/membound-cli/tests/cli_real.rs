@@ -298,6 +298,22 @@ fn bench_kernels_quick_json() {
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("floor: a plain read") && svg.contains("sparse-f16"));
+    // --from re-reads the report without measuring: the same table.
+    let (code, again, err) = membound(&["bench", "kernels", "--from", json.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let table = |o: &str| {
+        o.lines()
+            .filter(|l| l.contains('│'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(table(&again), table(&out));
+    let (code, _, err) = membound(&["bench", "kernels", "--from", plot.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not a `membound bench kernels --json` report"),
+        "{err}"
+    );
     // A plot into a folder that does not exist fails before measuring.
     let (code, _, err) = membound(&[
         "bench",

@@ -23,7 +23,7 @@ use membound_gpu::{
     SparseGemv, TimingMethod, WeightDType, fill_buffer, stream_read, stream_read_blocks, wgpu,
 };
 use membound_sparse::{ColMajorAffine4, ColMajorF16, threshold_for_sparsity};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::known_peak_gbps;
 use crate::{Error, Result};
@@ -174,7 +174,7 @@ impl Default for Config {
 }
 
 /// One measured case.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     /// Output features.
     pub rows: usize,
@@ -209,7 +209,7 @@ pub struct Row {
 }
 
 /// Everything one run measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     /// Adapter name.
     pub device: String,
