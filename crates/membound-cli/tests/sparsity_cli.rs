@@ -53,6 +53,37 @@ fn sparsity_json_smoke() {
     assert_eq!(v["per_site"].as_array().unwrap().len(), 4);
 }
 
+/// `--plot DIR` writes the histogram and per-layer plots as whole SVGs
+/// (rendered first, then renamed into place: no temporary file is left).
+#[test]
+fn sparsity_plots() {
+    if !have_llama2xs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = membound(&[
+        "sparsity",
+        "llama2xs-280K",
+        "--tokens",
+        "16",
+        "--plot",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for n in &names {
+        assert!(n.starts_with("sparsity-") && n.ends_with(".svg"), "{names:?}");
+        let svg = std::fs::read_to_string(dir.path().join(n)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{n}");
+        assert!(svg.contains("<text"), "{n} has no labels");
+    }
+}
+
 #[test]
 fn sidecar_written_and_applied() {
     if !have_llama2xs() {
