@@ -185,6 +185,11 @@ fn attention_matches_reference_over_many_positions() {
         (2, 1, 128, 270, true, true, 1),
         (4, 2, 16, 600, false, true, 5),
         (2, 1, 128, 300, true, false, 17),
+        // More than four query heads per KV head: the final reduction
+        // takes them four at a time.
+        (8, 1, 16, 90, false, false, 1),
+        (12, 2, 8, 300, true, true, 3),
+        (5, 1, 32, 70, false, false, 1),
     ];
     let mut rng = Rng::new(11);
     for (n_heads, n_kv_heads, head_dim, positions, rope_half, with_bias, splits) in cases {
