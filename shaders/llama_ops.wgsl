@@ -167,34 +167,46 @@ var<workgroup> att_l: array<f32, ATT_MAX_GROUP>;
 var<workgroup> att_r: array<f32, ATT_MAX_GROUP>;
 // The V pass's per-thread sums of one head, for the final reduction.
 var<workgroup> att_acc: array<vec4<f32>, ATT_WG>;
-// Tree reductions over a chunk's positions, ATT_WG / ATT_CHUNK heads at once.
+// Tree reductions over a chunk's positions, ATT_WG / ATT_CHUNK heads at once:
+// the running max (att_red) and the sum of exponentials relative to it
+// (att_red2).
 var<workgroup> att_red: array<f32, ATT_WG>;
+var<workgroup> att_red2: array<f32, ATT_WG>;
 
-// Per head g < group: the max (`is_max`) or the sum of att_p[g][0..len),
-// as a tree over the chunk's positions in workgroup memory, ATT_WG /
-// ATT_CHUNK heads a round; the result is left in att_red[(g % heads) *
-// ATT_CHUNK] of the round and returned through `out` (uniform control flow).
-fn att_reduce(lid: u32, group: u32, len: u32, is_max: bool) {
+// Per head g < group, the chunk's max M and Σ exp(s − M) over its scores
+// att_p[g][0..len), in one tree of (max, sum) pairs merged as
+// (max(m1, m2), l1·e^(m1−M) + l2·e^(m2−M)), ATT_WG / ATT_CHUNK heads a
+// round: M is left in att_part[g] and the sum in att_part[ATT_MAX_GROUP +
+// g] (call from uniform control flow). One tree instead of a max tree, an
+// exponentiation pass and a sum tree: half the barriers.
+fn att_reduce_ml(lid: u32, group: u32, len: u32) {
     let heads = ATT_WG / ATT_CHUNK;
     let t = lid % ATT_CHUNK;
     let h = lid / ATT_CHUNK;
     for (var g0 = 0u; g0 < group; g0 += heads) {
         let g = g0 + h;
-        var v = select(0.0, -3.0e38, is_max);
+        var m = -3.0e38;
+        var l = 0.0;
         if (g < group && t < len) {
-            v = att_p[g * ATT_CHUNK + t];
+            m = att_p[g * ATT_CHUNK + t];
+            l = 1.0;
         }
-        att_red[lid] = v;
+        att_red[lid] = m;
+        att_red2[lid] = l;
         workgroupBarrier();
         for (var s = ATT_CHUNK / 2u; s > 0u; s = s / 2u) {
             if (t < s) {
-                let o = att_red[lid + s];
-                att_red[lid] = select(att_red[lid] + o, max(att_red[lid], o), is_max);
+                let m1 = att_red[lid];
+                let m2 = att_red[lid + s];
+                let mm = max(m1, m2);
+                att_red2[lid] = att_red2[lid] * exp(m1 - mm) + att_red2[lid + s] * exp(m2 - mm);
+                att_red[lid] = mm;
             }
             workgroupBarrier();
         }
         if (t == 0u && g < group) {
             att_part[g] = att_red[lid];
+            att_part[ATT_MAX_GROUP + g] = att_red2[lid];
         }
         workgroupBarrier();
     }
@@ -485,12 +497,15 @@ fn attention(
             }
         }
         workgroupBarrier();
-        // Per head: the chunk's max (a tree over its positions, left in
-        // att_part[g]), the rescale of what came before.
-        att_reduce(lid, group, len, true);
+        // Per head: the chunk's max and sum of exponentials (one tree over
+        // its positions), the rescale of what came before, the new running
+        // max and sum, then each position's weight.
+        att_reduce_ml(lid, group, len);
         if (lid < group) {
-            let m_new = max(att_m[lid], att_part[lid]);
+            let mc = att_part[lid];
+            let m_new = max(att_m[lid], mc);
             att_r[lid] = exp(att_m[lid] - m_new);
+            att_l[lid] = att_l[lid] * att_r[lid] + att_part[ATT_MAX_GROUP + lid] * exp(mc - m_new);
             att_m[lid] = m_new;
         }
         workgroupBarrier();
@@ -500,10 +515,6 @@ fn attention(
             }
         }
         workgroupBarrier();
-        att_reduce(lid, group, len, false);
-        if (lid < group) {
-            att_l[lid] = att_l[lid] * att_r[lid] + att_part[lid];
-        }
         for (var g = 0u; g < group; g++) {
             acc[g] *= att_r[g];
         }
