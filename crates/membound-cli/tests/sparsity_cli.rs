@@ -77,9 +77,15 @@ fn sparsity_plots() {
     names.sort();
     assert_eq!(names.len(), 2, "{names:?}");
     for n in &names {
-        assert!(n.starts_with("sparsity-") && n.ends_with(".svg"), "{names:?}");
+        assert!(
+            n.starts_with("sparsity-") && n.ends_with(".svg"),
+            "{names:?}"
+        );
         let svg = std::fs::read_to_string(dir.path().join(n)).unwrap();
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{n}");
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{n}"
+        );
         assert!(svg.contains("<text"), "{n} has no labels");
     }
 }

@@ -199,7 +199,8 @@ pub struct Row {
     /// Dense f16 time at the same shape ÷ this time.
     pub speedup_vs_dense_f16: Option<f64>,
     /// Median time of a plain streaming read of `bytes_read` bytes, in
-    /// microseconds (same method and working set; `None` with the floor off).
+    /// microseconds: as many copies as the case, each read once a pass, so
+    /// both touch the same memory per pass (`None` with the floor off).
     pub floor_us: Option<f64>,
     /// `floor_us / median_us`: the share of the floor's speed reached.
     pub floor_fraction: Option<f64>,
@@ -514,7 +515,8 @@ pub fn run(
         .sum();
     let total = cfg.shapes.len() * cases_per_shape;
     let mut rows = Vec::new();
-    let mut floors: HashMap<u64, f64> = HashMap::new();
+    // Floor times by (bytes, copies).
+    let mut floors: HashMap<(u64, usize), f64> = HashMap::new();
     for &(r, c) in &cfg.shapes {
         let data: Vec<f32> = (0..r * c).map(|i| unit(i as u64) * 0.05).collect();
         let y = GpuVector::zeros(ctx, "bench y", r)?;
@@ -566,19 +568,22 @@ pub fn run(
                 if w == Weights::F16 {
                     dense_f16 = Some(secs);
                 }
+                // As many copies as the case rotates through, so that both
+                // touch the same memory per pass (a sparse case reads only
+                // its active columns of each copy).
                 let floor = if cfg.floor {
-                    Some(match floors.get(&bytes) {
+                    Some(match floors.get(&(bytes, copies)) {
                         Some(&f) => f,
                         None => {
                             let f = time_floor(
                                 ctx,
-                                cfg.working_set,
-                                cfg.max_copies,
+                                bytes * copies as u64,
+                                copies,
                                 cfg.warm_up,
                                 cfg.reps,
                                 bytes,
                             )?;
-                            floors.insert(bytes, f);
+                            floors.insert((bytes, copies), f);
                             f
                         }
                     })
