@@ -4,6 +4,8 @@
 //! exceeds typical last-level caches and waits for the device inside the
 //! timed region (`iter_custom`), so the figure is real memory traffic.
 //! Without an adapter the benchmark prints why and measures nothing.
+//! `floor_f16_bytes` is a plain streaming read of the f16 matrix's bytes
+//! (`stream_read`), the floor the GEMVs are judged against.
 #![allow(missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -11,7 +13,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use membound_codec::{AffineCodec, Codec, Group, Matrix, ScaleDType};
 use membound_gpu::{
-    AffineGemv, DenseGemv, Dispatch, GpuContext, GpuVector, SparseGemv, WeightDType,
+    AffineGemv, DenseGemv, Dispatch, Fill, GpuBuffer, GpuContext, GpuVector, SparseGemv,
+    WeightDType, fill_buffer, stream_read, stream_read_blocks, wgpu,
 };
 
 /// SmolLM2's MLP shape keeps llvmpipe runs short; a real GPU sees the same
@@ -72,6 +75,33 @@ fn kernels(c: &mut Criterion) {
         .map(|k| k.bind(&ctx, &x, &y).unwrap())
         .collect();
     g.bench_function("dense_f16", |b| b.iter_custom(|n| time(&ctx, &d, n)));
+
+    let bytes = (ROWS * COLS * 2) as u64;
+    let out = GpuBuffer::new(
+        &ctx,
+        "floor out",
+        stream_read_blocks(bytes) * 4,
+        wgpu::BufferUsages::STORAGE,
+    )
+    .unwrap();
+    let copies: Vec<GpuBuffer> = (0..COPIES)
+        .map(|i| {
+            let b = GpuBuffer::new(
+                &ctx,
+                &format!("floor #{i}"),
+                bytes,
+                wgpu::BufferUsages::STORAGE,
+            )
+            .unwrap();
+            fill_buffer(&ctx, &b, Fill::Bits, i as u32).unwrap();
+            b
+        })
+        .collect();
+    let d: Vec<Dispatch> = copies
+        .iter()
+        .map(|b| stream_read(&ctx, b, &out, 0x9e37_79b9).unwrap())
+        .collect();
+    g.bench_function("floor_f16_bytes", |b| b.iter_custom(|n| time(&ctx, &d, n)));
 
     let codec = AffineCodec::new(4, Group::Size(64), ScaleDType::F16).unwrap();
     let e = codec.encode(Matrix::new(ROWS, COLS, &w).unwrap()).unwrap();
