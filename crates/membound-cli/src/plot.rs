@@ -15,9 +15,20 @@ pub(crate) fn err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> anyhow
     move |e| anyhow!("{}: plotting failed: {e}", path.display())
 }
 
-/// Writes a rendered SVG to `path` atomically (a temporary file and a
-/// rename), so a reader never sees half a plot.
-pub(crate) fn write_svg(path: &Path, svg: &str) -> Result<()> {
+/// Draws an SVG of `size` with `draw` and writes it to `path` atomically
+/// (rendered to a string, then a temporary file and a rename), so a
+/// reader never sees half a plot.
+pub(crate) fn render_svg(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<()>,
+) -> Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw(&root)?;
+        root.present().map_err(err(path))?;
+    }
     membound::sparsity::write_atomic(path, svg.as_bytes())?;
     Ok(())
 }
@@ -63,11 +74,9 @@ pub fn frontier(path: &Path, title: &str, settings: &[SettingSummary]) -> Result
     let xmax = pts.iter().map(|s| s.bits_per_weight).fold(0.0, f64::max) * 1.25;
     let ymax = pts.iter().map(|s| s.mean_sqnr_db).fold(0.0, f64::max) + 3.0;
     let ymin = pts.iter().map(|s| s.mean_sqnr_db).fold(0.0, f64::min) - 1.0;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 600)).into_drawing_area();
+    render_svg(path, (900, 600), |root| {
         root.fill(&WHITE).map_err(err(path))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
@@ -139,9 +148,8 @@ pub fn frontier(path: &Path, title: &str, settings: &[SettingSummary]) -> Result
             .border_style(BLACK)
             .draw()
             .map_err(err(path))?;
-        root.present().map_err(err(path))?;
-    }
-    write_svg(path, &svg)
+        Ok(())
+    })
 }
 
 fn hist_panel(
@@ -251,9 +259,7 @@ fn hist_panel(
 /// A tensor's weight histogram over mean ± 6σ with the Gaussian of the same
 /// mean and σ, on a linear and a log axis side by side.
 pub fn histogram(path: &Path, model: &str, h: &Histogram) -> Result<()> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (1000, 420)).into_drawing_area();
+    render_svg(path, (1000, 420), |root| {
         root.fill(&WHITE).map_err(err(path))?;
         let title = format!(
             "{model}: {} — excess kurtosis {:.2}, {} weights ({} beyond ±6σ)",
@@ -266,9 +272,8 @@ pub fn histogram(path: &Path, model: &str, h: &Histogram) -> Result<()> {
         let (left, right) = root.split_horizontally(500);
         hist_panel(&left, h, false, path)?;
         hist_panel(&right, h, true, path)?;
-        root.present().map_err(err(path))?;
-    }
-    write_svg(path, &svg)
+        Ok(())
+    })
 }
 
 /// 4-bit affine SQNR against values per group, one line per distribution,
@@ -299,11 +304,9 @@ pub fn grouping(path: &Path, s: &SyntheticStudy) -> Result<()> {
     let ymin = all.iter().copied().fold(f64::INFINITY, f64::min).min(0.0) - 1.0;
     let ymax = all.iter().copied().fold(f64::NEG_INFINITY, f64::max) + 2.0;
     let (xmin, xmax) = (pts[0].0 * 0.8, pts[pts.len() - 1].0 * 1.25);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+    render_svg(path, (900, 560), |root| {
         root.fill(&WHITE).map_err(err(path))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 "4-bit affine SQNR against group size (same values, regrouped)",
                 ("sans-serif", 19),
@@ -362,9 +365,8 @@ pub fn grouping(path: &Path, s: &SyntheticStudy) -> Result<()> {
             .border_style(BLACK)
             .draw()
             .map_err(err(path))?;
-        root.present().map_err(err(path))?;
-    }
-    write_svg(path, &svg)
+        Ok(())
+    })
 }
 
 /// `bench kernels --plot`: each case's median time against the bytes it
@@ -400,11 +402,9 @@ pub fn kernels(path: &Path, report: &membound::bench::kernels::Report) -> Result
             labels.push(&r.weights);
         }
     }
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (1000, 650)).into_drawing_area();
+    render_svg(path, (1000, 650), |root| {
         root.fill(&WHITE).map_err(err(path))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!("{}: GEMV time against bytes read", report.device),
                 ("sans-serif", 19),
@@ -456,9 +456,8 @@ pub fn kernels(path: &Path, report: &membound::bench::kernels::Report) -> Result
             .border_style(BLACK)
             .draw()
             .map_err(err(path))?;
-        root.present().map_err(err(path))?;
-    }
-    write_svg(path, &svg)
+        Ok(())
+    })
 }
 
 /// `v` with two significant digits, for log-axis labels.

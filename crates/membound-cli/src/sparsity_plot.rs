@@ -9,15 +9,13 @@ use membound::sparsity::quality::QualityPoint;
 use membound::sparsity::{ActivationStats, HIST_BINS, HIST_BINS_PER_DECADE, SiteRecord};
 use plotters::prelude::*;
 
-use crate::plot::{color, err, write_svg};
+use crate::plot::{color, err, render_svg};
 
 /// Share of values per quarter-decade of |x|, one line per site (summed
 /// over layers); the legend gives each site's exact-zero share, which the
 /// log axis cannot show.
 pub fn histograms(path: &Path, model: &str, sites: &[(String, ActivationStats)]) -> Result<()> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+    render_svg(path, (900, 560), |root| {
         root.fill(&WHITE).map_err(err(path))?;
         // Only the range where something was seen, padded by a decade.
         let used = |s: &ActivationStats| {
@@ -44,7 +42,7 @@ pub fn histograms(path: &Path, model: &str, sites: &[(String, ActivationStats)])
             })
             .fold(0.0, f64::max)
             * 1.15;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!("{model}: |x| of every projection input (all layers)"),
                 ("sans-serif", 20),
@@ -89,9 +87,8 @@ pub fn histograms(path: &Path, model: &str, sites: &[(String, ActivationStats)])
             .border_style(BLACK)
             .draw()
             .map_err(err(path))?;
-        root.present().map_err(err(path))?;
-    }
-    write_svg(path, &svg)
+        Ok(())
+    })
 }
 
 /// Per layer, the share of each site's inputs below `rel_index`'s relative
@@ -115,11 +112,9 @@ pub fn layer_shares(
             sites.push(&rec.site);
         }
     }
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+    render_svg(path, (900, 520), |root| {
         root.fill(&WHITE).map_err(err(path))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!(
                     "{model}: share of inputs below {r}·mean|x| (solid) and exactly 0 (dashed)"
@@ -172,9 +167,8 @@ pub fn layer_shares(
             .border_style(BLACK)
             .draw()
             .map_err(err(path))?;
-        root.present().map_err(err(path))?;
-    }
-    write_svg(path, &svg)
+        Ok(())
+    })
 }
 
 /// Perplexity relative to the same weights without sparsity against the
@@ -189,11 +183,9 @@ pub fn quality(path: &Path, model: &str, points: &[QualityPoint]) -> Result<()> 
     let ratio = |p: &QualityPoint| (1.0 + p.ppl_rise).min(CAP);
     let ymax = (points.iter().map(ratio).fold(1.0, f64::max) * 1.05).min(CAP * 1.02);
     let ymin = points.iter().map(ratio).fold(1.0, f64::min) * 0.98;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 580)).into_drawing_area();
+    render_svg(path, (900, 580), |root| {
         root.fill(&WHITE).map_err(err(path))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!(
                     "{model}: perplexity vs activation sparsity (held-out tokens; >2× drawn at 2×)"
@@ -261,7 +253,6 @@ pub fn quality(path: &Path, model: &str, points: &[QualityPoint]) -> Result<()> 
             .border_style(BLACK)
             .draw()
             .map_err(err(path))?;
-        root.present().map_err(err(path))?;
-    }
-    write_svg(path, &svg)
+        Ok(())
+    })
 }
