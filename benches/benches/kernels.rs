@@ -99,7 +99,7 @@ fn kernels(c: &mut Criterion) {
         .collect();
     let d: Vec<Dispatch> = copies
         .iter()
-        .map(|b| stream_read(&ctx, b, &out, 0x9e37_79b9).unwrap())
+        .map(|b| stream_read(&ctx, b, &out).unwrap())
         .collect();
     g.bench_function("floor_f16_bytes", |b| b.iter_custom(|n| time(&ctx, &d, n)));
 

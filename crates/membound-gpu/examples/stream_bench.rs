@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use membound_gpu::{
-    DenseGemv, Dispatch, Fill, GpuBuffer, GpuContext, GpuVector, StreamLaunch, WeightDType,
-    fill_buffer, stream_read_with, wgpu,
+    DenseGemv, Dispatch, Fill, GpuBuffer, GpuContext, GpuVector, STREAM_NO_MATCH, StreamLaunch,
+    WeightDType, fill_buffer, stream_read_with, wgpu,
 };
 
 fn arg(name: &str) -> Option<String> {
@@ -82,7 +82,7 @@ fn main() {
                 .unwrap();
             let ds: Vec<Dispatch> = bufs
                 .iter()
-                .map(|b| stream_read_with(&ctx, b, &out, 0x9e37_79b9, l).unwrap())
+                .map(|b| stream_read_with(&ctx, b, &out, STREAM_NO_MATCH, l).unwrap())
                 .collect();
             let s = time(&ctx, &ds, reps);
             line += &format!(

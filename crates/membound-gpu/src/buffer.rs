@@ -57,6 +57,17 @@ impl GpuBuffer {
         })
     }
 
+    /// A uniform buffer holding `value`: a kernel's parameters, written
+    /// once.
+    pub fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, name: &str, value: &T) -> Result<Self> {
+        Self::from_bytes(
+            ctx,
+            name,
+            bytemuck::bytes_of(value),
+            wgpu::BufferUsages::UNIFORM,
+        )
+    }
+
     fn create(
         ctx: &GpuContext,
         name: &str,

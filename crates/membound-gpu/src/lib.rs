@@ -25,8 +25,8 @@ pub use kernels::sparse::{
     Compaction, SparseDType, SparseGemv, SparseInput, SparseTuning, Threshold,
 };
 pub use kernels::stream::{
-    STREAM_BLOCK_BYTES, StreamLaunch, stream_read, stream_read_blocks, stream_read_with,
-    stream_read_xors,
+    STREAM_BLOCK_BYTES, STREAM_NO_MATCH, StreamLaunch, stream_read, stream_read_blocks,
+    stream_read_with, stream_read_xors,
 };
 pub use pipeline::{Binding, Pipeline, PipelineSpec};
 pub use shaders::{SHADERS, Shader};

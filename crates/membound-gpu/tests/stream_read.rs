@@ -122,10 +122,10 @@ fn bad_sizes_are_refused_with_the_reason() {
     let usage = wgpu::BufferUsages::STORAGE;
     let odd = GpuBuffer::new(&ctx, "odd src", 20, usage).unwrap();
     let out = GpuBuffer::new(&ctx, "out", 4, usage).unwrap();
-    let e = stream_read(&ctx, &odd, &out, 0).unwrap_err().to_string();
+    let e = stream_read(&ctx, &odd, &out).unwrap_err().to_string();
     assert!(e.contains("odd src") && e.contains("multiple of 16"), "{e}");
     let big = GpuBuffer::new(&ctx, "big src", 2 * STREAM_BLOCK_BYTES, usage).unwrap();
-    let e = stream_read(&ctx, &big, &out, 0).unwrap_err().to_string();
+    let e = stream_read(&ctx, &big, &out).unwrap_err().to_string();
     assert!(e.contains("`out`") && e.contains("needs 8"), "{e}");
     let launch = StreamLaunch {
         threads: 96,

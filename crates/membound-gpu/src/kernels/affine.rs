@@ -287,12 +287,7 @@ pub(crate) fn check_vectors(
 
 /// A uniform buffer holding eight u32 parameters.
 pub(crate) fn params_buffer(ctx: &GpuContext, name: &str, params: [u32; 8]) -> Result<GpuBuffer> {
-    GpuBuffer::from_bytes(
-        ctx,
-        &format!("{name} params"),
-        bytemuck::bytes_of(&params),
-        wgpu::BufferUsages::UNIFORM,
-    )
+    GpuBuffer::uniform(ctx, &format!("{name} params"), &params)
 }
 
 /// The name of rows `first..first + rows` of a matrix split into blocks.

@@ -257,12 +257,7 @@ impl DenseGemv {
                 )?
             };
             let params: [u32; 4] = [block_rows as u32, cols as u32, stride as u32, first as u32];
-            let params = GpuBuffer::from_bytes(
-                ctx,
-                &format!("{block_name} params"),
-                bytemuck::bytes_of(&params),
-                wgpu::BufferUsages::UNIFORM,
-            )?;
+            let params = GpuBuffer::uniform(ctx, &format!("{block_name} params"), &params)?;
             blocks.push(Block {
                 weights,
                 params,

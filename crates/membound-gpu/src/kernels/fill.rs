@@ -34,12 +34,7 @@ pub fn fill_buffer(ctx: &GpuContext, buffer: &GpuBuffer, fill: Fill, seed: u32) 
         Fill::ConstPair(a, b) => (3, a, b),
     };
     let params: [u32; 8] = [seed, words, mode, 0, a.to_bits(), b.to_bits(), 0, 0];
-    let params = GpuBuffer::from_bytes(
-        ctx,
-        &format!("{what} params"),
-        bytemuck::cast_slice(&params),
-        wgpu::BufferUsages::UNIFORM,
-    )?;
+    let params = GpuBuffer::uniform(ctx, &format!("{what} params"), &params)?;
     let pipeline = ctx.pipeline(&PipelineSpec {
         shader: FILL,
         entry: "fill_random",

@@ -1008,12 +1008,7 @@ fn prepare(
         groups: groups as u32,
         group_shift,
     };
-    let params = GpuBuffer::from_bytes(
-        ctx,
-        &format!("{name} params"),
-        bytemuck::bytes_of(&params),
-        wgpu::BufferUsages::UNIFORM,
-    )?;
+    let params = GpuBuffer::uniform(ctx, &format!("{name} params"), &params)?;
     let active_name = format!("{name} active inputs");
     let active = GpuBuffer::new(
         ctx,
@@ -1046,12 +1041,7 @@ fn prepare(
         )?;
         check_binding_size(ctx, &lists_name, lists.size())?;
         let reduce = [rows as u32, plan.chunks, plan.chunk_len, 0];
-        let params = GpuBuffer::from_bytes(
-            ctx,
-            &format!("{name} reduce params"),
-            bytemuck::bytes_of(&reduce),
-            wgpu::BufferUsages::UNIFORM,
-        )?;
+        let params = GpuBuffer::uniform(ctx, &format!("{name} reduce params"), &reduce)?;
         let pipeline = reduce_pipeline(ctx, plan.wg, false)?;
         Some(Split {
             partials,

@@ -29,15 +29,23 @@ pub struct StreamLaunch {
     pub rounds: u32,
 }
 
+/// 256 threads × 2 loads × 1 round (8 KiB blocks): on an H100 the fastest
+/// of 19 launches at 11-112 MiB, or within 1% of it
+/// (`examples/stream_bench.rs`, 2026-11-27).
+const DEFAULT_LAUNCH: StreamLaunch = StreamLaunch {
+    threads: 256,
+    loads: 2,
+    rounds: 1,
+};
+
+/// The XOR [`stream_read`] compares against: a thread writes only if the
+/// XOR of its random words happens to equal it (one chance in 2³²).
+pub const STREAM_NO_MATCH: u32 = 0x9e37_79b9;
+
 impl Default for StreamLaunch {
-    /// 256 threads × 2 loads × 1 round (8 KiB blocks): on an H100 the
-    /// fastest of 19 launches at 11-112 MiB, or within 1% of it.
+    /// [`stream_read`]'s launch: 256 threads × 2 loads × 1 round.
     fn default() -> Self {
-        Self {
-            threads: 256,
-            loads: 2,
-            rounds: 1,
-        }
+        DEFAULT_LAUNCH
     }
 }
 
@@ -54,37 +62,28 @@ impl StreamLaunch {
 }
 
 /// Bytes one workgroup of [`stream_read`] reads: one block.
-pub const STREAM_BLOCK_BYTES: u64 = StreamLaunch {
-    threads: 256,
-    loads: 2,
-    rounds: 1,
-}
-.block_bytes();
+pub const STREAM_BLOCK_BYTES: u64 = DEFAULT_LAUNCH.block_bytes();
 
 /// Blocks (workgroups, u32 outputs) a [`stream_read`] of `bytes` takes.
 pub fn stream_read_blocks(bytes: u64) -> u64 {
-    StreamLaunch::default().blocks(bytes)
+    DEFAULT_LAUNCH.blocks(bytes)
 }
 
 /// A dispatch that reads all of `src` (a non-empty multiple of 16 bytes,
 /// `STORAGE` usage) in 16-byte loads, one block of [`STREAM_BLOCK_BYTES`]
-/// a workgroup. Each thread XORs the u32 words it loads (see
-/// [`stream_read_xors`]); where a thread's XOR equals `magic`, it writes
-/// its index + 1 to `out[block]` (`out`: at least [`stream_read_blocks`]
-/// words, `STORAGE` usage; other words are left alone). The write depends
-/// on every word read, so no read can be optimised away, and a test can
-/// make one thread of each block match.
-pub fn stream_read(
-    ctx: &GpuContext,
-    src: &GpuBuffer,
-    out: &GpuBuffer,
-    magic: u32,
-) -> Result<Dispatch> {
-    stream_read_with(ctx, src, out, magic, StreamLaunch::default())
+/// a workgroup, for timing. `out` (at least [`stream_read_blocks`] words,
+/// `STORAGE` usage) is written only by the rare thread described in
+/// [`stream_read_with`].
+pub fn stream_read(ctx: &GpuContext, src: &GpuBuffer, out: &GpuBuffer) -> Result<Dispatch> {
+    stream_read_with(ctx, src, out, STREAM_NO_MATCH, DEFAULT_LAUNCH)
 }
 
-/// [`stream_read`] with another launch (for tuning): blocks of
-/// `launch.block_bytes()`.
+/// [`stream_read`] with a chosen `magic` and launch (for tests and
+/// tuning): blocks of `launch.block_bytes()`. Each thread XORs the u32
+/// words it loads (see [`stream_read_xors`]); where a thread's XOR equals
+/// `magic`, it writes its index + 1 to `out[block]` (other words are left
+/// alone). The write depends on every word read, so no read can be
+/// optimised away, and a test can make one thread of each block match.
 pub fn stream_read_with(
     ctx: &GpuContext,
     src: &GpuBuffer,
@@ -138,12 +137,7 @@ pub fn stream_read_with(
     }
     let grid = ctx.grid_1d(&what, blocks as u32)?;
     let params: [u32; 4] = [n, magic, 0, 0];
-    let params = GpuBuffer::from_bytes(
-        ctx,
-        &format!("{what} params"),
-        bytemuck::cast_slice(&params),
-        wgpu::BufferUsages::UNIFORM,
-    )?;
+    let params = GpuBuffer::uniform(ctx, &format!("{what} params"), &params)?;
     let pipeline = ctx.pipeline(&PipelineSpec {
         shader: STREAM_READ,
         entry: "stream_read",

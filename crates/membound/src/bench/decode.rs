@@ -194,14 +194,8 @@ pub fn token_floor_ms(ctx: &GpuContext, sizes: &[u64]) -> Result<f64> {
     let working_set = sizes.iter().sum::<u64>().min(512 << 20);
     let mut total = 0.0;
     for (&size, &n) in &counts {
-        let t = super::kernels::time_floor(
-            ctx,
-            working_set,
-            1024,
-            Duration::from_millis(200),
-            10,
-            size,
-        )?;
+        let copies = working_set.div_ceil(size.max(1)).min(1024) as usize;
+        let t = super::kernels::time_floor(ctx, size, copies, Duration::from_millis(200), 10)?;
         total += n as f64 * t;
     }
     Ok(total * 1e3)
@@ -463,6 +457,17 @@ pub fn run(
             None
         };
         let roofline = peak.map(|p| p * 1e9 / bytes as f64);
+        // The floor is timed with the model freed (its copies take memory).
+        let kv_cache_bytes = m.kv_cache_bytes();
+        let sizes = m.weight_matrix_bytes().to_vec();
+        drop(m);
+        ctx.wait()?;
+        let floor = if cfg.floor && sparse.is_none() {
+            progress("timing the floor (plain reads of every weight matrix)");
+            Some(token_floor_ms(ctx, &sizes)?)
+        } else {
+            None
+        };
         let first = rows.first().map_or(tps, |r| r.tokens_per_s);
         let dense = rows.last().filter(|_| sparse.is_some());
         let dense_down = dense.and_then(|r| r.split.as_ref()).map(|s| s.down_us);
@@ -492,7 +497,7 @@ pub fn run(
             down_dense_sparse_kernel_us: sparse_zero,
             params: params(&model_cfg),
             weight_bytes: bytes,
-            kv_cache_bytes: m.kv_cache_bytes(),
+            kv_cache_bytes,
             kv_cache: cfg.kv_cache.name().to_owned(),
             start_pos: cfg.start_pos + cfg.warm_up_tokens,
             tokens: cfg.tokens,
@@ -504,24 +509,12 @@ pub fn run(
             peak_gbps: peak,
             roofline_tokens_per_s: roofline,
             roofline_fraction: roofline.map(|r| tps / r),
-            floor_ms_per_token: None,
-            floor_fraction: None,
-            resident_floor_fraction: None,
+            floor_ms_per_token: floor,
+            floor_fraction: floor.map(|f| f / ms),
+            resident_floor_fraction: floor.zip(resident).map(|(f, r)| f / r),
             speedup_vs_first: tps / first,
             split,
         });
-        let sizes = m.weight_matrix_bytes().to_vec();
-        drop(m);
-        ctx.wait()?;
-        if cfg.floor && sparse.is_none() {
-            progress("timing the floor (plain reads of every weight matrix)");
-            let floor = token_floor_ms(ctx, &sizes)?;
-            if let Some(row) = rows.last_mut() {
-                row.floor_ms_per_token = Some(floor);
-                row.floor_fraction = Some(floor / row.ms_per_token);
-                row.resident_floor_fraction = row.resident_ms_per_token.map(|r| floor / r);
-            }
-        }
     }
     Ok(Report {
         adapter,

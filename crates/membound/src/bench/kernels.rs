@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use membound_codec::{AffineCodec, Codec, Encoded, Group, Matrix, ScaleDType};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use membound_gpu::{
     AffineGemv, DenseGemv, Dispatch, Fill, GpuBuffer, GpuContext, GpuVector, Launch, LutGemv,
@@ -429,61 +430,64 @@ fn time_case(
         .iter()
         .map(|k| k.dispatch(ctx, x, tau, y))
         .collect::<Result<Vec<_>>>()?;
-    let record = |pass: &mut membound_gpu::wgpu::ComputePass<'_>| {
-        for d in &dispatches {
-            d.record(pass);
-        }
-    };
-    ctx.warm_up(cfg.warm_up, record)?;
-    let t = ctx.time_repeated(cfg.reps, record)?;
     Ok((
-        t.median().as_secs_f64() / kernels.len() as f64,
+        time_pass(ctx, cfg.warm_up, cfg.reps, &dispatches)?,
         kernels[0].bytes_read(active),
     ))
 }
 
-/// Times the streaming-read floor of `bytes` (rounded up to 16): copies of
-/// GPU-filled random bytes totalling `working_set` (at least 2, at most
-/// `max_copies`), each read once a pass, like [`time_case`]; `warm_up`,
-/// then the median of `reps` passes. Returns seconds per read.
-pub(crate) fn time_floor(
+/// Warms up for `warm_up`, then times `reps` passes that record every one
+/// of `dispatches` once; returns the median pass ÷ their number, seconds.
+fn time_pass(
     ctx: &GpuContext,
-    working_set: u64,
-    max_copies: usize,
     warm_up: Duration,
     reps: usize,
+    dispatches: &[Dispatch],
+) -> Result<f64> {
+    let record = |pass: &mut wgpu::ComputePass<'_>| {
+        for d in dispatches {
+            d.record(pass);
+        }
+    };
+    ctx.warm_up(warm_up, record)?;
+    let t = ctx.time_repeated(reps.max(1), record)?;
+    Ok(t.median().as_secs_f64() / dispatches.len() as f64)
+}
+
+/// Times the streaming-read floor of `bytes` (rounded up to 16): `copies`
+/// (at least 2) buffers of GPU-filled random bytes, each read once a pass,
+/// like [`time_case`]. Returns seconds per read.
+pub(crate) fn time_floor(
+    ctx: &GpuContext,
     bytes: u64,
+    copies: usize,
+    warm_up: Duration,
+    reps: usize,
 ) -> Result<f64> {
     let size = bytes.max(16).next_multiple_of(16);
-    let copies = (working_set.div_ceil(size) as usize).clamp(2, max_copies.max(2));
     let out = GpuBuffer::new(
         ctx,
         "floor out",
         stream_read_blocks(size) * 4,
         wgpu::BufferUsages::STORAGE,
     )?;
-    let mut buffers = Vec::with_capacity(copies);
-    let mut dispatches = Vec::with_capacity(copies);
-    for i in 0..copies {
-        let b = GpuBuffer::new(
-            ctx,
-            &format!("floor {size} bytes #{i}"),
-            size,
-            wgpu::BufferUsages::STORAGE,
-        )?;
-        fill_buffer(ctx, &b, Fill::Bits, i as u32)?;
-        dispatches.push(stream_read(ctx, &b, &out, 0x9e37_79b9)?);
-        buffers.push(b);
-    }
-    let record = |pass: &mut membound_gpu::wgpu::ComputePass<'_>| {
-        for d in &dispatches {
-            d.record(pass);
-        }
-    };
-    ctx.warm_up(warm_up, record)?;
-    let t = ctx.time_repeated(reps.max(1), record)?;
-    drop(buffers);
-    Ok(t.median().as_secs_f64() / copies as f64)
+    let buffers = (0..copies.max(2))
+        .map(|i| {
+            let b = GpuBuffer::new(
+                ctx,
+                &format!("floor {size} bytes #{i}"),
+                size,
+                wgpu::BufferUsages::STORAGE,
+            )?;
+            fill_buffer(ctx, &b, Fill::Bits, i as u32)?;
+            Ok(b)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dispatches = buffers
+        .iter()
+        .map(|b| Ok(stream_read(ctx, b, &out)?))
+        .collect::<Result<Vec<_>>>()?;
+    time_pass(ctx, warm_up, reps, &dispatches)
 }
 
 /// Runs every case of `cfg`. `peak_override` replaces the datasheet peak;
@@ -572,19 +576,10 @@ pub fn run(
                 // touch the same memory per pass (a sparse case reads only
                 // its active columns of each copy).
                 let floor = if cfg.floor {
-                    Some(match floors.get(&(bytes, copies)) {
-                        Some(&f) => f,
-                        None => {
-                            let f = time_floor(
-                                ctx,
-                                bytes * copies as u64,
-                                copies,
-                                cfg.warm_up,
-                                cfg.reps,
-                                bytes,
-                            )?;
-                            floors.insert((bytes, copies), f);
-                            f
+                    Some(match floors.entry((bytes, copies)) {
+                        Entry::Occupied(e) => *e.get(),
+                        Entry::Vacant(e) => {
+                            *e.insert(time_floor(ctx, bytes, copies, cfg.warm_up, cfg.reps)?)
                         }
                     })
                 } else {
