@@ -167,6 +167,39 @@ fn llama2xs_quantized_match_cpu_with_same_weights() {
     }
 }
 
+/// Where the device cannot bind the embedding table as one buffer, the
+/// resident loop says which buffer and limit, and `greedy_steps` falls back
+/// to step-by-step decoding with the same tokens.
+#[test]
+fn greedy_steps_fall_back_when_the_table_cannot_bind() {
+    let Some((path, _)) = registry::fixture("llama2xs-280K") else {
+        return missing("llama2xs-280K");
+    };
+    if gpu().is_none() {
+        return;
+    }
+    // llama2xs's table is 512 × 64 f32 = 128 KiB; the weights split into
+    // blocks under this limit (unfused: SwiGLU fusion needs one block).
+    let mut options = membound_gpu::GpuOptions::from_env().unwrap();
+    options.max_storage_buffer_binding_size = Some(64 << 10);
+    let ctx = Arc::new(GpuContext::with_options(&options).unwrap());
+    let (cfg, w) = load(&path);
+    let prepared = prepare(&cfg, &w, &WeightPlan::uniform("f32"), &|_, _| {}).unwrap();
+    let opts = GpuLlamaOptions {
+        context: Some(LLAMA2XS_GREEDY.len()),
+        fuse: false,
+        ..Default::default()
+    };
+    let mut gpu = GpuLlama::new(ctx, &prepared, opts).unwrap();
+    let e = gpu.greedy_resident(1, 0, 4).unwrap_err().to_string();
+    assert!(
+        e.contains("embedding table") && e.contains("max_storage_buffer_binding_size"),
+        "{e}"
+    );
+    let tokens = gpu.greedy_steps(1, 0, LLAMA2XS_GREEDY.len()).unwrap();
+    assert_eq!(tokens, LLAMA2XS_GREEDY);
+}
+
 /// The GPU-resident greedy loop (each step's argmax fed to the next step's
 /// embedding gather on the device, one read-back at the end) writes the
 /// pinned llama2xs tokens, fused and unfused, with split attention crossing

@@ -1642,12 +1642,16 @@ impl Decoder for GpuLlama {
 
     /// [`GpuLlama::greedy_resident`] where the device can hold the
     /// embedding table as one binding; otherwise (a large vocabulary on a
-    /// device with small binding limits) step by step, as before.
+    /// device with small binding limits) step by step, as before. Any
+    /// other error is returned.
     fn greedy_steps(&mut self, token: u32, pos: usize, n: usize) -> Result<Vec<u32>> {
-        if self.prepare_resident().is_ok() {
-            return self.greedy_resident(token, pos, n);
+        match self.prepare_resident() {
+            Ok(()) => self.greedy_resident(token, pos, n),
+            Err(Error::Gpu(membound_gpu::GpuError::BufferTooLarge { .. })) => {
+                super::greedy_step_by_step(self, token, pos, n)
+            }
+            Err(e) => Err(e),
         }
-        super::greedy_step_by_step(self, token, pos, n)
     }
 }
 
