@@ -12,9 +12,10 @@ matrices that the working set exceeds the GPU's last-level cache (H100:
 """
 import argparse
 import json
-import statistics
 
 import torch
+
+from cuda_timing import timed
 
 SHAPES = [
     (4096, 4096),
@@ -36,31 +37,7 @@ def bench(rows, cols, dtype, working_set, reps, iters, graph=False):
     ws = [torch.randn(rows, cols, device="cuda", dtype=dtype) for _ in range(n)]
     x = torch.randn(cols, device="cuda", dtype=dtype)
     y = torch.empty(rows, device="cuda", dtype=dtype)
-    for w in ws:  # warm up
-        torch.mv(w, x, out=y)
-    torch.cuda.synchronize()
-    g = None
-    if graph:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for i in range(iters):
-                torch.mv(ws[i % n], x, out=y)
-        g.replay()
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        if g is not None:
-            g.replay()
-        else:
-            for i in range(iters):
-                torch.mv(ws[i % n], x, out=y)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3 / iters)
-    t = statistics.median(times)
+    t = timed(lambda i: torch.mv(ws[i], x, out=y), n, reps, iters, graph)
     read = mat_bytes + cols * elem + rows * elem
     return {
         "rows": rows, "cols": cols, "dtype": str(dtype).replace("torch.", ""),

@@ -26,9 +26,10 @@ without the graph, Python's ~20 us a launch is what gets timed below
 """
 import argparse
 import json
-import statistics
 
 import torch
+
+from cuda_timing import timed
 
 try:
     import triton
@@ -48,35 +49,6 @@ except Exception:  # noqa: BLE001 - any import or JIT failure means "no Triton"
 # then a sweep.
 TARGET_MIB = [11.23, 15.77, 31.52, 33.62, 56.02, 112.02]
 SWEEP_MIB = [1, 2, 4, 8, 16, 64, 128, 256]
-
-
-def timed(fn, n, reps, iters):
-    """Median seconds per call of fn(i % n), the calls captured in one CUDA
-    graph so that the host's launch cost (~20 us a call from Python) is not
-    what gets measured."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for i in range(n):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(iters):
-            fn(i % n)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3 / iters)
-    return statistics.median(times)
 
 
 def floor_for(nbytes, working_set, reps, iters):
