@@ -155,7 +155,9 @@ override ATT_SPLITS: u32 = 1u;
 var<workgroup> att_qs: array<vec4<f32>, ATT_MAX_Q / 4u>;
 // Scores, then probabilities, of the chunk: [head][position].
 var<workgroup> att_p: array<f32, 512>;
-// Partial dot products [head][position][slice]; att_part[g] also takes the chunk max and sum of head g.
+// Partial dot products [head][position][slice]; then the chunk max of head
+// g in att_part[g] and its sum of exponentials in att_part[ATT_MAX_GROUP + g]
+// (att_reduce_ml), and at the end two of the final reduction's slots.
 var<workgroup> att_part: array<f32, 2048>;
 // Per head: running max, running sum, and this chunk's rescale factor.
 var<workgroup> att_m: array<f32, ATT_MAX_GROUP>;
@@ -165,7 +167,7 @@ var<workgroup> att_new: array<f32, 512>;
 var<workgroup> att_gp: array<vec2<f32>, 16>;
 var<workgroup> att_l: array<f32, ATT_MAX_GROUP>;
 var<workgroup> att_r: array<f32, ATT_MAX_GROUP>;
-// The V pass's per-thread sums of one head, for the final reduction.
+// One of the final reduction's four slots (att_red_put).
 var<workgroup> att_acc: array<vec4<f32>, ATT_WG>;
 // Tree reductions over a chunk's positions, ATT_WG / ATT_CHUNK heads at once:
 // the running max (att_red) and the sum of exponentials relative to it
