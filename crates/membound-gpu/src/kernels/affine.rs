@@ -398,8 +398,8 @@ impl AffineGemv {
     /// workgroups and the threads a row: on an H100 (2026-11-27, `membound
     /// bench kernels --shapes 576x576,3072x576,576x1536,192x576 --weights
     /// affine4 --launch R,T,W`) 576×576, 3072×576, 576×1536 and 192×576
-    /// took 3.70, 4.24, 4.35 and
-    /// 3.60 µs against 4.77, 5.17, 5.01 and 4.70 with the long-row launch,
+    /// took 3.70, 4.24, 4.35 and 3.60 µs against 4.77, 5.17, 5.01 and 4.70
+    /// with the long-row launch,
     /// level with dense f16 (3.71, 4.74, 4.25, 3.53), and this was the best
     /// of 18 launches at every one of those shapes; at 4096×14336 and
     /// 14336×4096 it was 9% slower than the long-row launch (H200).
