@@ -1494,18 +1494,26 @@ impl GpuLlama {
             let bytes = (vocab * d * 4) as u64;
             membound_gpu::check_buffer_size(&self.ctx, name, bytes)?;
             membound_gpu::check_binding_size(&self.ctx, name, bytes)?;
-            let mut table = vec![0.0f32; vocab * d];
-            let embed = &self.embed;
-            table
-                .par_chunks_exact_mut(d)
-                .enumerate()
-                .for_each(|(t, row)| embed.row(t as u32, row));
-            let table = GpuBuffer::from_bytes(
-                &self.ctx,
-                name,
-                bytemuck::cast_slice(&table),
-                wgpu::BufferUsages::STORAGE,
-            )?;
+            let upload = |values: &[f32]| {
+                GpuBuffer::from_bytes(
+                    &self.ctx,
+                    name,
+                    bytemuck::cast_slice(values),
+                    wgpu::BufferUsages::STORAGE,
+                )
+            };
+            let table = match &self.embed {
+                // Already the f32 rows on the host: no second copy.
+                Embedding::Table(t) => upload(&t[..vocab * d])?,
+                embed @ Embedding::Synthetic(_) => {
+                    let mut table = vec![0.0f32; vocab * d];
+                    table
+                        .par_chunks_exact_mut(d)
+                        .enumerate()
+                        .for_each(|(t, row)| embed.row(t as u32, row));
+                    upload(&table)?
+                }
+            };
             let gather = ops::embed_gather(&self.ctx, &table, vocab, &self.next, &self.x)?;
             self.resident = Some((table, gather));
         }
