@@ -30,9 +30,21 @@
 //      workgroup memory along a fixed tree and written to
 //      `out[c * rows + row]`.
 // With one K-chunk, `out` is y itself and `compact` the final list
-// (counts[0..3] = count, 1, 1: an indirect-dispatch triple); with several,
-// `out` holds per-chunk partial sums that sparse_reduce.wgsl adds up in a
-// fixed order, and it also joins the per-chunk lists into one.
+// (counts[0..3] = count, 1, 1: an indirect-dispatch triple). With several,
+// `out` holds per-chunk partial sums and `compact` per-chunk lists, and
+// either
+//   - LAST_REDUCE: the last workgroup of each row tile to finish adds the
+//     tile's partial sums into `y` (one dispatch). Each workgroup, once its
+//     sums are written, passes a storage barrier (device-scope release) and
+//     increments the tile's arrival counter, counts[4 + chunks + t]; the
+//     one that sees chunks − 1 passes another (acquire), adds the chunks'
+//     sums in chunk order, eight loads at a time, exactly as
+//     sparse_reduce.wgsl does (so the two ways agree bit for bit), and
+//     resets the counter for the next call. Row tile 0's last also writes
+//     counts[0..3]. Nothing waits on another workgroup, so it needs no
+//     forward-progress guarantee;
+//   - or not: sparse_reduce.wgsl adds them up in a second dispatch and
+//     joins the per-chunk lists into one.
 //
 // The mask compares bit patterns: for finite tau >= 0 and non-NaN x, |x| > tau
 // iff (bits(x) & 0x7fffffff) > bits(tau), which needs no float comparison (so
@@ -73,8 +85,9 @@ override TPC: u32 = 16u;
 // partial sums (two vec4 per thread) share one workgroup array of this many
 // 8-byte slots, which keeps workgroup memory at 9 KB for 256 threads.
 override LMAX: u32 = 4u * WG;
-// With one K-chunk (out is y): y += W·x, a residual add, instead of y = W·x.
-// (With several, sparse_reduce.wgsl's ACCUM does it.)
+// y += W·x, a residual add, instead of y = W·x: done by `store` with one
+// K-chunk (out is y), by `finish` under LAST_REDUCE, and otherwise by
+// sparse_reduce.wgsl's ACCUM.
 override ACCUM: bool = false;
 // The input is made from `x` as it is loaded, so no dispatch has to write
 // it first:
@@ -89,6 +102,9 @@ override ACCUM: bool = false;
 override GLU_IN: bool = false;
 override NORM_IN: bool = false;
 override NORM_EPS: f32 = 1e-5;
+// With several K-chunks: the last workgroup of each row tile adds the
+// partial sums into `y` (see above) instead of a second dispatch.
+override LAST_REDUCE: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 // x: the magnitude bits of tau.
@@ -100,13 +116,19 @@ override NORM_EPS: f32 = 1e-5;
 @group(0) @binding(3) var<storage, read> x: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> compact: array<vec2<u32>>;
-@group(0) @binding(6) var<storage, read_write> counts: array<u32>;
+// [total, 1, 1, 0, per-chunk counts…, LAST_REDUCE's per-tile arrival counters…]
+@group(0) @binding(6) var<storage, read_write> counts: array<atomic<u32>>;
 @group(0) @binding(7) var<storage, read> scales: array<u32>;
 // NORM_IN's scale g (bound, never read, otherwise).
 @group(0) @binding(8) var<storage, read> norm_w: array<vec4<f32>>;
+// LAST_REDUCE: the output y, when `out` holds partial sums (bound, never
+// read, otherwise).
+@group(0) @binding(9) var<storage, read_write> y: array<f32>;
 
 var<workgroup> list: array<vec2<u32>, LMAX>;
 var<workgroup> scan: array<u32, WG>;
+// LAST_REDUCE: whether this workgroup was its row tile's last to finish.
+var<workgroup> last_arrival: u32;
 
 // The reduction's vec4 number i, kept in list slots 2i and 2i + 1.
 fn red_store(i: u32, v: vec4<f32>) {
@@ -257,11 +279,11 @@ fn publish_count(lid: u32, tile: u32, chunk: u32, n: u32) {
     if tile != 0u || lid != 0u {
         return;
     }
-    counts[4u + chunk] = n;
+    atomicStore(&counts[4u + chunk], n);
     if params.chunks == 1u {
-        counts[0] = n;
-        counts[1] = 1u;
-        counts[2] = 1u;
+        atomicStore(&counts[0], n);
+        atomicStore(&counts[1], 1u);
+        atomicStore(&counts[2], 1u);
     }
 }
 
@@ -436,6 +458,61 @@ fn store(lid: u32, wid: vec3<u32>, acc: Acc8) {
     }
 }
 
+// LAST_REDUCE with several chunks: the row tile's last workgroup to finish
+// adds up the tile's partial sums into y (see the top of the file). Call
+// from uniform control flow after `store`.
+fn finish(lid: u32, wid: vec3<u32>) {
+    let chunks = params.chunks;
+    if !LAST_REDUCE || chunks == 1u {
+        return;
+    }
+    let arrivals = 4u + chunks + wid.x;
+    // Release: this workgroup's sums are visible before its arrival counts.
+    storageBarrier();
+    if lid == 0u {
+        last_arrival = u32(atomicAdd(&counts[arrivals], 1u) == chunks - 1u);
+    }
+    if workgroupUniformLoad(&last_arrival) == 0u {
+        return;
+    }
+    // Acquire: every other chunk's sums are visible from here.
+    storageBarrier();
+    let rows = params.rows;
+    let first = wid.x * TPC * 8u;
+    let end = min(first + TPC * 8u, rows);
+    for (var r = first + lid; r < end; r += WG) {
+        var sum = 0.0;
+        var c = 0u;
+        for (; c + 8u <= chunks; c += 8u) {
+            let v0 = out[c * rows + r];
+            let v1 = out[(c + 1u) * rows + r];
+            let v2 = out[(c + 2u) * rows + r];
+            let v3 = out[(c + 3u) * rows + r];
+            let v4 = out[(c + 4u) * rows + r];
+            let v5 = out[(c + 5u) * rows + r];
+            let v6 = out[(c + 6u) * rows + r];
+            let v7 = out[(c + 7u) * rows + r];
+            sum = (((((((sum + v0) + v1) + v2) + v3) + v4) + v5) + v6) + v7;
+        }
+        for (; c < chunks; c++) {
+            sum += out[c * rows + r];
+        }
+        y[r] = select(sum, y[r] + sum, ACCUM);
+    }
+    if lid == 0u {
+        atomicStore(&counts[arrivals], 0u);
+        if wid.x == 0u {
+            var total = 0u;
+            for (var k = 0u; k < chunks; k++) {
+                total += atomicLoad(&counts[4u + k]);
+            }
+            atomicStore(&counts[0], total);
+            atomicStore(&counts[1], 1u);
+            atomicStore(&counts[2], 1u);
+        }
+    }
+}
+
 // The entry points differ only in the scan and the stream.
 
 fn chunk_start(wid: vec3<u32>) -> u32 {
@@ -471,6 +548,7 @@ fn sparse_f16(
     }
     publish_count(lid, wid.x, wid.y, total);
     store(lid, wid, acc);
+    finish(lid, wid);
 }
 
 @compute @workgroup_size(WG)
@@ -494,6 +572,7 @@ fn sparse_affine4(
     }
     publish_count(lid, wid.x, wid.y, total);
     store(lid, wid, acc);
+    finish(lid, wid);
 }
 
 @compute @workgroup_size(WG)
@@ -522,6 +601,7 @@ fn sparse_f16_subgroup(
     }
     publish_count(lid, wid.x, wid.y, total);
     store(lid, wid, acc);
+    finish(lid, wid);
 }
 
 @compute @workgroup_size(WG)
@@ -550,4 +630,5 @@ fn sparse_affine4_subgroup(
     }
     publish_count(lid, wid.x, wid.y, total);
     store(lid, wid, acc);
+    finish(lid, wid);
 }

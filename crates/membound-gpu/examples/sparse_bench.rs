@@ -24,7 +24,9 @@
 //!     [--batch 8] [--warm-up-ms 500]
 //! ```
 //!
-//! A tuning is `threads_per_column:target_workgroups`; the first of each list
+//! A tuning is `threads_per_column:target_workgroups[:last|:second]` (the
+//! reduction of several chunks: last workgroup or second dispatch; default
+//! auto); the first of each list
 //! (or the library default when the list is empty) is timed at every
 //! sparsity, the others at the sweep sparsities. Before timing, each
 //! configuration's output is checked against the CPU reference.
@@ -32,8 +34,8 @@
 use std::time::{Duration, Instant};
 
 use membound_gpu::{
-    DenseGemv, Dispatch, GpuContext, GpuVector, SparseGemv, SparseTuning, Threshold, TimingMethod,
-    WeightDType, wgpu,
+    DenseGemv, Dispatch, GpuContext, GpuVector, SparseGemv, SparseReduce, SparseTuning, Threshold,
+    TimingMethod, WeightDType, wgpu,
 };
 use membound_sparse::{ColMajorAffine4, ColMajorF16, active_indices, threshold_for_sparsity};
 
@@ -65,11 +67,22 @@ fn shape(s: &str) -> (usize, usize) {
     (r.parse().unwrap(), c.parse().unwrap())
 }
 
+/// `THREADS:TARGET[:last|:second]` (the reduction; the default is `Auto`).
 fn tuning(s: &str) -> SparseTuning {
-    let (t, w) = s.split_once(':').expect("THREADS:TARGET");
+    let mut parts = s.split(':');
+    let (Some(t), Some(w)) = (parts.next(), parts.next()) else {
+        panic!("a tuning is THREADS:TARGET[:last|:second], not {s}");
+    };
+    let reduce = match parts.next() {
+        None => SparseReduce::Auto,
+        Some("last") => SparseReduce::LastWorkgroup,
+        Some("second") => SparseReduce::SecondDispatch,
+        Some(other) => panic!("reduction `{other}`: last or second"),
+    };
     SparseTuning {
         threads_per_column: t.parse().unwrap(),
         target_workgroups: w.parse().unwrap(),
+        reduce,
     }
 }
 
@@ -268,7 +281,7 @@ impl Bench {
                 let tm = self.time(&calls);
                 let bytes = tuned[0].bytes_read(active) as f64;
                 println!(
-                    "[{:6.1}s] {label:5} {:>3}:{:<4} {rows:>6}x{cols:<6} s={s:4.2} batched {:7.2} us {:7.1} GB/s x{:5.2} | single {:7.2} us x{:5.2}  [{} wg, {} chunks of {}, {n} matrices, err {err:.1e}{}]",
+                    "[{:6.1}s] {label:5} {:>3}:{:<4} {rows:>6}x{cols:<6} s={s:4.2} batched {:7.2} us {:7.1} GB/s x{:5.2} | single {:7.2} us x{:5.2}  [{} wg, {} chunks of {}, {} dispatch(es), {n} matrices, err {err:.1e}{}]",
                     self.elapsed(),
                     tuning.threads_per_column,
                     tuning.target_workgroups,
@@ -280,6 +293,7 @@ impl Bench {
                     tuned[0].workgroups(),
                     tuned[0].chunks(),
                     tuned[0].chunk_len(),
+                    tuned[0].dispatches(),
                     if ok { "" } else { " WRONG RESULTS" }
                 );
             }
@@ -295,7 +309,7 @@ impl Bench {
     fn stages(&self, label: &str, m: &SparseGemv, x: &GpuVector, y: &GpuVector) {
         let ctx = &self.ctx;
         let tau = Threshold::new(ctx, "τ", f32::INFINITY).unwrap();
-        let (first, second) = m.bind_stages(ctx, x, &tau, y).unwrap();
+        let (first, _) = m.bind_stages(ctx, x, &tau, y).unwrap();
         let d1 = self.time(std::slice::from_ref(&first));
         let whole = m.bind_threshold(ctx, x, &tau, y).unwrap();
         let all = self.time(std::slice::from_ref(&whole));
@@ -306,7 +320,7 @@ impl Bench {
             d1.single * 1e6,
             all.batched * 1e6,
             all.single * 1e6,
-            1 + usize::from(second.is_some())
+            m.dispatches()
         );
     }
 }

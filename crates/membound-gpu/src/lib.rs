@@ -22,7 +22,7 @@ pub use kernels::fill::{Fill, fill_buffer};
 pub use kernels::llama::{AttentionShape, KvCache, KvDType, StepBuffer};
 pub use kernels::lut::{LutGemv, LutSource};
 pub use kernels::sparse::{
-    Compaction, SparseDType, SparseGemv, SparseInput, SparseTuning, Threshold,
+    Compaction, SparseDType, SparseGemv, SparseInput, SparseReduce, SparseTuning, Threshold,
 };
 pub use kernels::stream::{
     STREAM_BLOCK_BYTES, STREAM_NO_MATCH, StreamLaunch, stream_read, stream_read_blocks,

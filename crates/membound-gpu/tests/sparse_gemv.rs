@@ -26,7 +26,7 @@ mod common;
 use common::{FEATURE_SETS, Rng, context};
 use membound_gpu::{
     Binding, Dispatch, GpuBuffer, GpuContext, GpuError, GpuFeatures, GpuVector, PipelineSpec,
-    Shader, SparseDType, SparseGemv, SparseTuning, Threshold, Workgroups, wgpu,
+    Shader, SparseDType, SparseGemv, SparseReduce, SparseTuning, Threshold, Workgroups, wgpu,
 };
 use membound_sparse::{ColMajorAffine4, ColMajorF16, active_indices, threshold_for_sparsity};
 
@@ -208,20 +208,44 @@ fn every_work_split() {
                         let tuning = SparseTuning {
                             threads_per_column,
                             target_workgroups,
+                            reduce: SparseReduce::LastWorkgroup,
                         };
                         let gemv = base.with_tuning(&ctx, tuning).unwrap();
+                        // With several chunks, the second-dispatch reduction
+                        // too, which must agree bit for bit.
+                        let second = (gemv.chunks() > 1).then(|| {
+                            let tuning = SparseTuning {
+                                reduce: SparseReduce::SecondDispatch,
+                                ..tuning
+                            };
+                            base.with_tuning(&ctx, tuning).unwrap()
+                        });
                         for sparsity in [0.0, 0.7] {
                             let tau = threshold_for_sparsity(&x, sparsity).unwrap();
                             let active = active_indices(&x, tau);
                             let what = format!(
                                 "{set} {dtype:?} {rows}×{cols} {tuning:?} sparsity {sparsity} \
-                                 ({} chunks of {})",
+                                 ({} chunks of {}, {} dispatches)",
                                 gemv.chunks(),
-                                gemv.chunk_len()
+                                gemv.chunk_len(),
+                                gemv.dispatches(),
                             );
+                            assert_eq!(gemv.dispatches(), 1, "{what}");
                             let got = run(&ctx, &gemv, &x, tau);
                             check_compaction(&ctx, &gemv, &x, &active, &what);
                             check_y(&got, &r, &gemv, &x, &active, &what);
+                            if let Some(second) = &second {
+                                assert_eq!(second.dispatches(), 2, "{what}");
+                                let again = run(&ctx, second, &x, tau);
+                                check_compaction(&ctx, second, &x, &active, &what);
+                                let bits =
+                                    |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                                assert_eq!(
+                                    bits(&again),
+                                    bits(&got),
+                                    "{what}: the two reductions differ"
+                                );
+                            }
                         }
                     }
                 }
@@ -353,7 +377,7 @@ fn reused_binding_with_a_changing_threshold() {
 }
 
 /// Two sparse GEMVs in one submission, the second reading the first's
-/// output, each in its one- or two-dispatch form.
+/// output: one chunk, and several added up either way.
 #[test]
 fn chained_in_one_submission() {
     for &(set, disable) in FEATURE_SETS {
@@ -368,20 +392,69 @@ fn chained_in_one_submission() {
         let single = SparseTuning {
             threads_per_column: 8,
             target_workgroups: 1,
+            reduce: SparseReduce::Auto,
         };
         let g2 = g2.with_tuning(&ctx, single).unwrap();
-        assert!(g1.chunks() > 1 && g2.chunks() == 1);
         let x: Vec<f32> = (0..n0).map(|_| rng.int(2)).collect();
-        let xv = GpuVector::from_slice(&ctx, "x", &x).unwrap();
-        let h = GpuVector::zeros(&ctx, "h", n1).unwrap();
-        let y = GpuVector::zeros(&ctx, "y", n2).unwrap();
-        let d1 = g1.bind(&ctx, &xv, 0.0, &h).unwrap();
-        let d2 = g2.bind(&ctx, &h, 3.0, &y).unwrap();
-        assert_eq!((d1.len(), d2.len()), (2, 1));
-        ctx.submit(&[&d1, &d2]).unwrap();
         let hv = r1.sparse_gemv(&x, &active_indices(&x, 0.0));
         let want = r2.sparse_gemv(&hv, &active_indices(&hv, 3.0));
-        assert_eq!(y.read(&ctx).unwrap(), want, "{set}");
+        for (reduce, dispatches) in [
+            (SparseReduce::LastWorkgroup, 1),
+            (SparseReduce::SecondDispatch, 2),
+        ] {
+            let tuning = SparseTuning {
+                reduce,
+                ..g1.tuning()
+            };
+            let g1 = g1.with_tuning(&ctx, tuning).unwrap();
+            assert!(g1.chunks() > 1 && g2.chunks() == 1);
+            let xv = GpuVector::from_slice(&ctx, "x", &x).unwrap();
+            let h = GpuVector::zeros(&ctx, "h", n1).unwrap();
+            let y = GpuVector::zeros(&ctx, "y", n2).unwrap();
+            let d1 = g1.bind(&ctx, &xv, 0.0, &h).unwrap();
+            let d2 = g2.bind(&ctx, &h, 3.0, &y).unwrap();
+            assert_eq!((d1.len(), d2.len()), (dispatches, 1));
+            ctx.submit(&[&d1, &d2]).unwrap();
+            assert_eq!(y.read(&ctx).unwrap(), want, "{set} {reduce:?}");
+        }
+    }
+}
+
+/// The last-workgroup reduction resets its arrival counters: the same call
+/// recorded three times in one submission, then submitted twice more, adds
+/// W·x to y five times, exactly (small integers), and the count stays
+/// right. A counter left non-zero would skip a tile's final sum.
+#[test]
+fn last_workgroup_reduction_repeats() {
+    for &(set, disable) in FEATURE_SETS {
+        let Some(ctx) = context(disable) else { return };
+        let mut rng = Rng::new(11);
+        for dtype in [SparseDType::F16, SparseDType::Affine4 { group: 32 }] {
+            let (rows, cols) = (300, 2000);
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.int(3)).collect();
+            let x: Vec<f32> = (0..cols).map(|_| rng.int(2)).collect();
+            let r = Reference::new(&w, rows, cols, dtype);
+            let tuning = SparseTuning {
+                threads_per_column: 8,
+                target_workgroups: 100_000,
+                reduce: SparseReduce::LastWorkgroup,
+            };
+            let gemv = r.upload(&ctx).with_tuning(&ctx, tuning).unwrap();
+            assert!(gemv.chunks() > 1 && gemv.dispatches() == 1);
+            let active = active_indices(&x, 0.0);
+            let once = r.sparse_gemv(&x, &active);
+            let xv = GpuVector::from_slice(&ctx, "x", &x).unwrap();
+            let yv = GpuVector::zeros(&ctx, "y", rows).unwrap();
+            let tau = Threshold::new(&ctx, "τ", 0.0).unwrap();
+            let d = gemv.bind_accumulate(&ctx, &xv, &tau, &yv).unwrap();
+            ctx.submit(&[&d, &d, &d]).unwrap();
+            ctx.submit(&[&d]).unwrap();
+            ctx.submit(&[&d]).unwrap();
+            let want: Vec<f32> = once.iter().map(|v| 5.0 * v).collect();
+            assert_eq!(yv.read(&ctx).unwrap(), want, "{set} {dtype:?}");
+            assert_eq!(gemv.read_active_count(&ctx).unwrap(), active.len());
+            check_compaction(&ctx, &gemv, &x, &active, &format!("{set} {dtype:?}"));
+        }
     }
 }
 
@@ -508,10 +581,12 @@ fn bad_inputs_are_clear_errors() {
         SparseTuning {
             threads_per_column: 3,
             target_workgroups: 8,
+            reduce: SparseReduce::Auto,
         },
         SparseTuning {
             threads_per_column: 4,
             target_workgroups: 0,
+            reduce: SparseReduce::Auto,
         },
     ] {
         invalid(gemv.with_tuning(&ctx, tuning).map(drop), &["tuning"]);
@@ -544,10 +619,15 @@ fn accumulate_adds_to_the_output_exactly() {
             .collect();
         let base = r.upload(&ctx);
         let mut chunk_counts = Vec::new();
-        for target_workgroups in [1, 100_000] {
+        for (target_workgroups, reduce) in [
+            (1, SparseReduce::Auto),
+            (100_000, SparseReduce::LastWorkgroup),
+            (100_000, SparseReduce::SecondDispatch),
+        ] {
             let tuning = SparseTuning {
                 threads_per_column: 16,
                 target_workgroups,
+                reduce,
             };
             let gemv = base.with_tuning(&ctx, tuning).unwrap();
             chunk_counts.push(gemv.chunks());
@@ -617,10 +697,15 @@ fn swiglu_and_rms_norm_inputs() {
             for dtype in DTYPES {
                 let r = Reference::new(&w, rows, cols, dtype);
                 let base = r.upload(&ctx);
-                for target_workgroups in [1, 100_000] {
+                for (target_workgroups, reduce) in [
+                    (1, SparseReduce::Auto),
+                    (100_000, SparseReduce::LastWorkgroup),
+                    (100_000, SparseReduce::SecondDispatch),
+                ] {
                     let tuning = SparseTuning {
                         threads_per_column: 16,
                         target_workgroups,
+                        reduce,
                     };
                     let gemv = base.with_tuning(&ctx, tuning).unwrap();
                     let cases: [Case<'_>; 2] = [
@@ -641,7 +726,7 @@ fn swiglu_and_rms_norm_inputs() {
                         let active = active_indices(made, tau);
                         for accumulate in [false, true] {
                             let what = format!(
-                                "{set} {dtype:?} {rows}×{cols} {name} acc={accumulate} ({} chunks)",
+                                "{set} {dtype:?} {rows}×{cols} {name} acc={accumulate} ({} chunks, {reduce:?})",
                                 gemv.chunks()
                             );
                             let xv = GpuVector::from_slice(&ctx, "x", raw).unwrap();
