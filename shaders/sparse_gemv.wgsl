@@ -114,7 +114,13 @@ override LAST_REDUCE: bool = false;
 @group(0) @binding(2) var<storage, read> codes: array<u32>;
 // The f32 input, read as bits; valid up to `cols`, allocated to a multiple of 4.
 @group(0) @binding(3) var<storage, read> x: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// y, or the per-chunk partial sums, as f32 bits. Atomic so that
+// LAST_REDUCE's reads of other workgroups' sums see them once its storage
+// barriers have ordered them: plain loads and stores of a storage buffer
+// may be cached incoherently, and on the H100's Vulkan driver a last
+// workgroup reading them plainly saw stale sums. Only one thread ever
+// touches an element within a dispatch, so no read-modify-write is needed.
+@group(0) @binding(4) var<storage, read_write> out: array<atomic<u32>>;
 @group(0) @binding(5) var<storage, read_write> compact: array<vec2<u32>>;
 // [total, 1, 1, 0, per-chunk counts…, LAST_REDUCE's per-tile arrival counters…]
 @group(0) @binding(6) var<storage, read_write> counts: array<atomic<u32>>;
@@ -422,6 +428,18 @@ fn stream_affine4(acc_in: Acc8, lid: u32, tile: u32, n: u32) -> Acc8 {
     return acc;
 }
 
+// out[i] = v, or out[i] += v if `add`.
+// (A sum whose bits are EMPTY, a NaN no arithmetic here produces, is
+// stored as another NaN.)
+fn put(i: u32, v: f32, add: bool) {
+    var w = v;
+    if add {
+        w += bitcast<f32>(atomicLoad(&out[i]));
+    }
+    let b = bitcast<u32>(w);
+    atomicStore(&out[i], select(b, 0x7fc00000u, b == EMPTY));
+}
+
 // Adds up the lanes' sums of each thread's 8 outputs along a fixed tree,
 // every thread taking part, and writes them to out[chunk * rows + row].
 // Call from uniform control flow, once the list is no longer read (the sums
@@ -448,35 +466,74 @@ fn store(lid: u32, wid: vec3<u32>, acc: Acc8) {
         for (var k = 0u; k < 4u; k++) {
             if row + k < params.rows {
                 let i = base + row + k;
-                out[i] = select(sa[k], out[i] + sa[k], add);
+                put(i, sa[k], add);
             }
             if row + 4u + k < params.rows {
                 let i = base + row + 4u + k;
-                out[i] = select(sb[k], out[i] + sb[k], add);
+                put(i, sb[k], add);
             }
         }
     }
 }
 
+// LAST_REDUCE: an empty partial-sum slot. Slots hold it between calls;
+// `store` never writes it (it writes another NaN instead).
+const EMPTY: u32 = 0xffffffffu;
+// LAST_REDUCE: low bits of an arrival counter count the workgroups that
+// have arrived; above them, row tile 0's counter adds up the chunks'
+// active counts (the plan keeps chunks below 2^10 and cols below 2^22).
+const ARRIVAL_BITS: u32 = 10u;
+
+// A partial sum from slot i once it has arrived, given the value a first
+// exchange took from it: each exchange empties the slot for the next call
+// and returns what it held, repeated until that is a sum.
+fn take(i: u32, first: u32) -> f32 {
+    var b = first;
+    loop {
+        if b != EMPTY {
+            break;
+        }
+        b = atomicExchange(&out[i], EMPTY);
+    }
+    return bitcast<f32>(b);
+}
+
 // LAST_REDUCE with several chunks: the row tile's last workgroup to finish
-// adds up the tile's partial sums into y (see the top of the file). Call
-// from uniform control flow after `store`.
-fn finish(lid: u32, wid: vec3<u32>) {
+// adds up the tile's partial sums into y (see the top of the file); `n` is
+// this workgroup's count of active inputs. Call from uniform control flow
+// after `store`.
+//
+// Nothing here relies on memory ordering between different locations
+// (WGSL's atomics are relaxed, and a storage barrier did not order them on
+// the H100's driver): the arrival counter only elects the last workgroup,
+// which then waits on each slot it reads until that slot's value has
+// arrived. Every other workgroup of the tile has arrived, so each slot's
+// store has been issued and the wait ends.
+fn finish(lid: u32, wid: vec3<u32>, n: u32) {
     let chunks = params.chunks;
     if !LAST_REDUCE || chunks == 1u {
         return;
     }
     let arrivals = 4u + chunks + wid.x;
-    // Release: this workgroup's sums are visible before its arrival counts.
-    storageBarrier();
+    let mask = (1u << ARRIVAL_BITS) - 1u;
+    workgroupBarrier();
     if lid == 0u {
-        last_arrival = u32(atomicAdd(&counts[arrivals], 1u) == chunks - 1u);
+        let word = 1u | select(0u, n << ARRIVAL_BITS, wid.x == 0u);
+        let before = atomicAdd(&counts[arrivals], word);
+        let last = (before & mask) == chunks - 1u;
+        last_arrival = u32(last);
+        if last {
+            atomicStore(&counts[arrivals], 0u);
+            if wid.x == 0u {
+                atomicStore(&counts[0], (before >> ARRIVAL_BITS) + n);
+                atomicStore(&counts[1], 1u);
+                atomicStore(&counts[2], 1u);
+            }
+        }
     }
     if workgroupUniformLoad(&last_arrival) == 0u {
         return;
     }
-    // Acquire: every other chunk's sums are visible from here.
-    storageBarrier();
     let rows = params.rows;
     let first = wid.x * TPC * 8u;
     let end = min(first + TPC * 8u, rows);
@@ -484,32 +541,29 @@ fn finish(lid: u32, wid: vec3<u32>) {
         var sum = 0.0;
         var c = 0u;
         for (; c + 8u <= chunks; c += 8u) {
-            let v0 = out[c * rows + r];
-            let v1 = out[(c + 1u) * rows + r];
-            let v2 = out[(c + 2u) * rows + r];
-            let v3 = out[(c + 3u) * rows + r];
-            let v4 = out[(c + 4u) * rows + r];
-            let v5 = out[(c + 5u) * rows + r];
-            let v6 = out[(c + 6u) * rows + r];
-            let v7 = out[(c + 7u) * rows + r];
-            sum = (((((((sum + v0) + v1) + v2) + v3) + v4) + v5) + v6) + v7;
+            let i = c * rows + r;
+            let b0 = atomicExchange(&out[i], EMPTY);
+            let b1 = atomicExchange(&out[i + rows], EMPTY);
+            let b2 = atomicExchange(&out[i + 2u * rows], EMPTY);
+            let b3 = atomicExchange(&out[i + 3u * rows], EMPTY);
+            let b4 = atomicExchange(&out[i + 4u * rows], EMPTY);
+            let b5 = atomicExchange(&out[i + 5u * rows], EMPTY);
+            let b6 = atomicExchange(&out[i + 6u * rows], EMPTY);
+            let b7 = atomicExchange(&out[i + 7u * rows], EMPTY);
+            sum = sum + take(i, b0);
+            sum = sum + take(i + rows, b1);
+            sum = sum + take(i + 2u * rows, b2);
+            sum = sum + take(i + 3u * rows, b3);
+            sum = sum + take(i + 4u * rows, b4);
+            sum = sum + take(i + 5u * rows, b5);
+            sum = sum + take(i + 6u * rows, b6);
+            sum = sum + take(i + 7u * rows, b7);
         }
         for (; c < chunks; c++) {
-            sum += out[c * rows + r];
+            let i = c * rows + r;
+            sum += take(i, atomicExchange(&out[i], EMPTY));
         }
         y[r] = select(sum, y[r] + sum, ACCUM);
-    }
-    if lid == 0u {
-        atomicStore(&counts[arrivals], 0u);
-        if wid.x == 0u {
-            var total = 0u;
-            for (var k = 0u; k < chunks; k++) {
-                total += atomicLoad(&counts[4u + k]);
-            }
-            atomicStore(&counts[0], total);
-            atomicStore(&counts[1], 1u);
-            atomicStore(&counts[2], 1u);
-        }
     }
 }
 
@@ -548,7 +602,7 @@ fn sparse_f16(
     }
     publish_count(lid, wid.x, wid.y, total);
     store(lid, wid, acc);
-    finish(lid, wid);
+    finish(lid, wid, total);
 }
 
 @compute @workgroup_size(WG)
@@ -572,7 +626,7 @@ fn sparse_affine4(
     }
     publish_count(lid, wid.x, wid.y, total);
     store(lid, wid, acc);
-    finish(lid, wid);
+    finish(lid, wid, total);
 }
 
 @compute @workgroup_size(WG)
@@ -601,7 +655,7 @@ fn sparse_f16_subgroup(
     }
     publish_count(lid, wid.x, wid.y, total);
     store(lid, wid, acc);
-    finish(lid, wid);
+    finish(lid, wid, total);
 }
 
 @compute @workgroup_size(WG)
@@ -630,5 +684,5 @@ fn sparse_affine4_subgroup(
     }
     publish_count(lid, wid.x, wid.y, total);
     store(lid, wid, acc);
-    finish(lid, wid);
+    finish(lid, wid, total);
 }

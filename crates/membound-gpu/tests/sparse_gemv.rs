@@ -762,3 +762,51 @@ fn swiglu_and_rms_norm_inputs() {
         }
     }
 }
+
+/// The two reductions agree bit for bit under load: sixteen accumulating
+/// calls with different inputs, recorded back to back in one submission, on
+/// a matrix big enough for many workgroups per row tile to run at once (a
+/// last workgroup that read a stale partial sum would show here).
+#[test]
+fn reductions_agree_under_load() {
+    let Some(ctx) = context(GpuFeatures::NONE) else {
+        return;
+    };
+    let mut rng = Rng::new(12);
+    let (rows, cols) = (1024, 4096);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+    let xs: Vec<GpuVector> = (0..16)
+        .map(|k| {
+            let x: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
+            GpuVector::from_slice(&ctx, &format!("x{k}"), &x).unwrap()
+        })
+        .collect();
+    let y0: Vec<f32> = (0..rows).map(|_| rng.unit()).collect();
+    for dtype in [SparseDType::F16, SparseDType::Affine4 { group: 64 }] {
+        let base = Reference::new(&w, rows, cols, dtype).upload(&ctx);
+        let mut results = Vec::new();
+        for reduce in [SparseReduce::LastWorkgroup, SparseReduce::SecondDispatch] {
+            let tuning = SparseTuning {
+                reduce,
+                ..SparseTuning::default_for(dtype)
+            };
+            let gemv = base.with_tuning(&ctx, tuning).unwrap();
+            assert!(gemv.chunks() > 1, "{dtype:?}: one chunk");
+            let tau = Threshold::new(&ctx, "τ", 0.3).unwrap();
+            let y = GpuVector::from_slice(&ctx, "y", &y0).unwrap();
+            let calls: Vec<Dispatch> = xs
+                .iter()
+                .map(|x| gemv.bind_accumulate(&ctx, x, &tau, &y).unwrap())
+                .collect();
+            ctx.submit(&calls.iter().collect::<Vec<_>>()).unwrap();
+            let bits: Vec<u32> = y.read(&ctx).unwrap().iter().map(|v| v.to_bits()).collect();
+            results.push(bits);
+        }
+        let differ = results[0]
+            .iter()
+            .zip(&results[1])
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differ, 0, "{dtype:?}: {differ} of {rows} outputs differ");
+    }
+}

@@ -92,12 +92,14 @@ pub struct SparseTuning {
 }
 
 impl SparseTuning {
-    /// The defaults for `dtype`: 512 contiguous bytes of an f16 column (256
-    /// of 4-bit codes) per lane, and about 256 workgroups. On an H100 at
-    /// 4096×14336 and 14336×4096 these were the fastest (or within 2%) of
-    /// 5 splits per dtype at every sparsity from 0 to 90% (see the crate
-    /// README); one dispatch with no K split (`target_workgroups: 1`) was
-    /// 1.4-1.5× slower at 50% for 14336 outputs and 4-5× for 4096.
+    /// The defaults for `dtype`: 32 threads reading one column (512
+    /// contiguous bytes of f16, 128 of 4-bit codes) and about 256
+    /// workgroups. On an H100 (Vulkan, last-workgroup reduction), at
+    /// 4096×14336, 14336×4096, 4096×4096, 6144×4096 and 28672×4096 with 50%
+    /// of the inputs active, these were the fastest of 4–5 splits per dtype
+    /// or within 6% (see the crate README). One dispatch with no K split
+    /// (`target_workgroups: 1`) was 1.4-1.5× slower at 50% for 14336
+    /// outputs and 4-5× for 4096.
     pub const fn default_for(dtype: SparseDType) -> Self {
         match dtype {
             SparseDType::F16 => Self {
@@ -106,7 +108,7 @@ impl SparseTuning {
                 reduce: SparseReduce::Auto,
             },
             SparseDType::Affine4 { .. } => Self {
-                threads_per_column: 64,
+                threads_per_column: 32,
                 target_workgroups: 256,
                 reduce: SparseReduce::Auto,
             },
@@ -757,10 +759,17 @@ impl SparseGemv {
         // Binding 7: the scales, or (f16) the weights as a stand-in.
         buffers.push(self.scales.as_deref().unwrap_or(&*self.weights));
         buffers.push(g.buffer());
-        buffers.push(y.buffer());
         // With one chunk, or several added up by the last workgroups, the
         // first stage writes y (and adds to it); otherwise the second does.
         let second_stage = s.split.as_ref().and_then(|split| split.second.as_ref());
+        // Binding 9: y where the last workgroups add into it; otherwise
+        // `out` as a stand-in, so that a first stage that leaves y alone
+        // does not have to wait for the work before it that writes y.
+        buffers.push(if s.split.is_some() && second_stage.is_none() {
+            y.buffer()
+        } else {
+            out
+        });
         let add_here = accumulate && second_stage.is_none();
         let pipeline = if add_here || input != SparseInput::Plain {
             gemv_pipeline(ctx, self.dtype, &self.plan, add_here, input)?
@@ -1041,7 +1050,11 @@ fn plan(
             format!("{row_tiles}×{chunks} workgroups exceed the device's grid or u32 indexing"),
         ));
     }
+    // The shader's arrival counters hold the arrivals in 10 bits and row
+    // tile 0's active count above them.
     let last_reduce = chunks > 1
+        && chunks < 1 << 10
+        && cols < 1 << 22
         && match tuning.reduce {
             SparseReduce::Auto => !matches!(
                 ctx.adapter().backend,
@@ -1123,12 +1136,19 @@ fn prepare(
     )?;
     let split = if plan.chunks > 1 {
         let partials_name = format!("{name} partial sums");
-        let partials = GpuBuffer::new(
-            ctx,
-            &partials_name,
-            u64::from(plan.chunks) * rows as u64 * 4,
-            wgpu::BufferUsages::STORAGE,
-        )?;
+        let size = u64::from(plan.chunks) * rows as u64 * 4;
+        let partials = if plan.last_reduce {
+            // Every slot starts EMPTY (all ones), as the shader leaves them.
+            GpuBuffer::with_contents(
+                ctx,
+                &partials_name,
+                size,
+                wgpu::BufferUsages::STORAGE,
+                |mut view| view.fill(0xff),
+            )?
+        } else {
+            GpuBuffer::new(ctx, &partials_name, size, wgpu::BufferUsages::STORAGE)?
+        };
         check_binding_size(ctx, &partials_name, partials.size())?;
         let lists_name = format!("{name} chunk lists");
         let lists = GpuBuffer::new(
