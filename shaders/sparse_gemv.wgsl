@@ -34,15 +34,19 @@
 // `out` holds per-chunk partial sums and `compact` per-chunk lists, and
 // either
 //   - LAST_REDUCE: the last workgroup of each row tile to finish adds the
-//     tile's partial sums into `y` (one dispatch). Each workgroup, once its
-//     sums are written, passes a storage barrier (device-scope release) and
-//     increments the tile's arrival counter, counts[4 + chunks + t]; the
-//     one that sees chunks − 1 passes another (acquire), adds the chunks'
-//     sums in chunk order, eight loads at a time, exactly as
-//     sparse_reduce.wgsl does (so the two ways agree bit for bit), and
-//     resets the counter for the next call. Row tile 0's last also writes
-//     counts[0..3]. Nothing waits on another workgroup, so it needs no
-//     forward-progress guarantee;
+//     tile's partial sums into `y` (one dispatch). Each workgroup stores its
+//     sums in atomic slots of `out` (EMPTY between calls) and counts itself
+//     in on the tile's arrival counter, counts[4 + chunks + t]; the one
+//     that sees chunks − 1 others resets the counter, takes every slot of
+//     the tile by atomic exchange with EMPTY (taking again any still EMPTY:
+//     its store was issued, as its workgroup has arrived, but is not yet
+//     visible), and adds the chunks' sums in chunk order, exactly as
+//     sparse_reduce.wgsl does (so the two ways agree bit for bit). No
+//     ordering between memory locations is assumed: WGSL's atomics are
+//     relaxed, and on the H100's Vulkan driver a storage barrier did not
+//     make one workgroup's sums visible to another before its count. Row
+//     tile 0's counter also adds up the chunks' active counts, which its
+//     last workgroup writes to counts[0..3];
 //   - or not: sparse_reduce.wgsl adds them up in a second dispatch and
 //     joins the per-chunk lists into one.
 //
@@ -114,12 +118,10 @@ override LAST_REDUCE: bool = false;
 @group(0) @binding(2) var<storage, read> codes: array<u32>;
 // The f32 input, read as bits; valid up to `cols`, allocated to a multiple of 4.
 @group(0) @binding(3) var<storage, read> x: array<vec4<u32>>;
-// y, or the per-chunk partial sums, as f32 bits. Atomic so that
-// LAST_REDUCE's reads of other workgroups' sums see them once its storage
-// barriers have ordered them: plain loads and stores of a storage buffer
-// may be cached incoherently, and on the H100's Vulkan driver a last
-// workgroup reading them plainly saw stale sums. Only one thread ever
-// touches an element within a dispatch, so no read-modify-write is needed.
+// y, or the per-chunk partial sums, as f32 bits: atomic, so that under
+// LAST_REDUCE a sum stored by one workgroup becomes visible to the last
+// one (plain accesses may be cached incoherently). Within a dispatch only
+// one thread writes an element, so plain stores and loads of atomics do.
 @group(0) @binding(4) var<storage, read_write> out: array<atomic<u32>>;
 @group(0) @binding(5) var<storage, read_write> compact: array<vec2<u32>>;
 // [total, 1, 1, 0, per-chunk counts…, LAST_REDUCE's per-tile arrival counters…]

@@ -784,6 +784,8 @@ fn reductions_agree_under_load() {
     let y0: Vec<f32> = (0..rows).map(|_| rng.unit()).collect();
     for dtype in [SparseDType::F16, SparseDType::Affine4 { group: 64 }] {
         let base = Reference::new(&w, rows, cols, dtype).upload(&ctx);
+        // The default (Auto) is the one-dispatch form.
+        assert!(base.chunks() > 1 && base.dispatches() == 1, "{dtype:?}");
         let mut results = Vec::new();
         for reduce in [SparseReduce::LastWorkgroup, SparseReduce::SecondDispatch] {
             let tuning = SparseTuning {
