@@ -67,8 +67,10 @@ pub enum SparseReduce {
     /// to arrive takes the tile's sums (waiting on any slot whose store is
     /// not yet visible, and emptying each for the next call) and adds them
     /// into y. It relies on no ordering between memory locations, only on
-    /// atomics becoming visible. About 2–4 µs a call faster than a second
-    /// dispatch on an H100.
+    /// atomics becoming visible. On an H100, 2–4 µs a call faster than a
+    /// second dispatch in a chain of dependent calls (a decode step); timed
+    /// back to back with nothing depending on the previous call, where a
+    /// second dispatch can overlap the next call's first, it is slower.
     LastWorkgroup,
     /// A second dispatch (`sparse_reduce.wgsl`) adds the sums and joins the
     /// chunks' compacted lists into one.
@@ -97,7 +99,8 @@ impl SparseTuning {
     /// workgroups. On an H100 (Vulkan, last-workgroup reduction), at
     /// 4096×14336, 14336×4096, 4096×4096, 6144×4096 and 28672×4096 with 50%
     /// of the inputs active, these were the fastest of 4–5 splits per dtype
-    /// or within 6% (see the crate README). One dispatch with no K split
+    /// or within 6% (`docs/data/sparse-bench-reduce-tpc-h100.txt`). One
+    /// dispatch with no K split
     /// (`target_workgroups: 1`) was 1.4-1.5× slower at 50% for 14336
     /// outputs and 4-5× for 4096.
     pub const fn default_for(dtype: SparseDType) -> Self {
