@@ -32,10 +32,11 @@ enum What {
 /// The same tokens are then decoded again GPU-resident (each step's argmax
 /// feeds the next step's embedding on the device, one read-back at the
 /// end; checked to choose the same tokens): the "resident" column is the
-/// GPU's own decode rate, with no host step between tokens. Each dense
-/// case also gets its floor: plain streaming reads of each of its weight
-/// matrices, timed and summed over a token; no decode step can read its
-/// weights faster (attention and the small kernels come on top).
+/// GPU's own decode rate, with no host step between tokens. Each case
+/// also gets its floor: plain streaming reads of each of its weight
+/// matrices (a sparse one: of the bytes it read in the last timed token),
+/// timed and summed over a token; no decode step can read those bytes
+/// faster (attention and the small kernels come on top).
 ///
 /// --synthetic builds a model of a real size with weights generated on the
 /// GPU from a seed: llama-8b (Llama 3 8B shapes, 16 GB in f16) needs no
@@ -110,10 +111,11 @@ struct DecodeArgs {
     /// Peak memory bandwidth in GB/s, overriding the datasheet table.
     #[arg(long)]
     peak_gbps: Option<f64>,
-    /// Skip the floor: by default each dense case also times plain
-    /// streaming reads of every weight matrix's bytes, summed over a token
-    /// ("floor ms"; "% floor" = floor ÷ ms/token for step-by-step and
-    /// resident decoding). No decode can read its weights faster.
+    /// Skip the floor: by default each case also times plain streaming
+    /// reads of every weight matrix's bytes, summed over a token ("floor
+    /// ms"; "% floor" = floor ÷ ms/token for step-by-step and resident
+    /// decoding); for a sparse matrix, the bytes it read in the last timed
+    /// token. No decode can read those bytes faster.
     #[arg(long)]
     no_floor: bool,
     /// Also write the results as JSON to this file (`-` for stdout).

@@ -91,17 +91,15 @@ fn decode_report_on_a_real_model_with_sparse_and_quantized_cache() {
             let got = r["achieved_sparsity"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&got));
             assert!(r["speedup_vs_dense"].as_f64().unwrap() > 0.0);
-            // What a sparse token reads depends on its inputs: no floor.
-            assert!(r["floor_ms_per_token"].is_null(), "{r}");
-        } else {
-            // Dense rows get the floor of their weight reads.
-            let floor = r["floor_ms_per_token"].as_f64().unwrap();
-            assert!(floor > 0.0, "{r}");
-            let f = r["floor_fraction"].as_f64().unwrap();
-            assert!((f - floor / ms).abs() <= 1e-9 * f, "{r}");
-            let rf = r["resident_floor_fraction"].as_f64().unwrap();
-            assert!((rf - floor / rms).abs() <= 1e-9 * rf, "{r}");
         }
+        // Every row gets the floor of its weight reads (a sparse row's: what
+        // its last token read).
+        let floor = r["floor_ms_per_token"].as_f64().unwrap();
+        assert!(floor > 0.0, "{r}");
+        let f = r["floor_fraction"].as_f64().unwrap();
+        assert!((f - floor / ms).abs() <= 1e-9 * f, "{r}");
+        let rf = r["resident_floor_fraction"].as_f64().unwrap();
+        assert!((rf - floor / rms).abs() <= 1e-9 * rf, "{r}");
         assert!(r["split"]["dispatches"].as_u64().unwrap() > 0);
     }
     // 4-bit stores fewer bytes than f16.

@@ -698,5 +698,29 @@ fn all_sites_sparse_match_cpu_with_thresholding_hook() {
                 assert!((skipped - 0.5).abs() <= tol, "{site:?}: skipped {skipped}");
             }
         }
+        // What a token read: the dense matrices whole; with every τ = +∞
+        // a sparse matrix reads only its input (q/k/v, o and gate/up d
+        // values, down h), with τ = 0 nearly all of its columns too.
+        let all = g.weight_matrix_bytes().to_vec();
+        let inputs = (cfg.n_layers * (3 * d + h) * 4) as u64;
+        for site in Site::ALL {
+            g.set_site_thresholds(site, &[f32::INFINITY]).unwrap();
+        }
+        g.forward_argmax(1, 5).unwrap();
+        let reads = g.matrix_bytes_read().unwrap();
+        assert_eq!(reads.dense, all[..reads.dense.len()]);
+        assert_eq!(reads.sparse.len(), 4 * cfg.n_layers);
+        assert_eq!(reads.sparse.iter().sum::<u64>(), inputs);
+        for site in Site::ALL {
+            g.set_site_thresholds(site, &[0.0]).unwrap();
+        }
+        g.forward_argmax(1, 5).unwrap();
+        let reads = g.matrix_bytes_read().unwrap();
+        let weights: u64 = all[reads.dense.len()..].iter().sum();
+        let got: u64 = reads.sparse.iter().sum();
+        assert!(
+            got <= weights + inputs && got >= weights * 9 / 10,
+            "τ = 0: read {got} of {weights} + {inputs}"
+        );
     }
 }

@@ -54,8 +54,9 @@ pub struct Config {
     /// Record the fused step (see [`GpuLlamaOptions::fuse`]); `false` for
     /// the unfused one, to measure what fusion buys.
     pub fuse: bool,
-    /// Also time each dense case's floor: plain streaming reads of every
-    /// weight matrix's bytes, summed over a token.
+    /// Also time each case's floor: plain streaming reads of every weight
+    /// matrix's bytes (a sparse one's: what it read in the last timed
+    /// token), summed over a token.
     pub floor: bool,
 }
 
@@ -155,12 +156,13 @@ pub struct Row {
     pub roofline_tokens_per_s: Option<f64>,
     /// Measured ÷ roofline.
     pub roofline_fraction: Option<f64>,
-    /// Dense rows: the token's floor, ms: the sum over its weight matrices
-    /// of a plain streaming read of each one's bytes (`stream_read.wgsl`,
-    /// rotating copies totalling the model's matrix bytes, at most 512
-    /// MiB). No decode step can read its weights faster; attention and the
-    /// small ops come on top. `None` for sparse rows (what they read
-    /// depends on their inputs) and with the floor off.
+    /// The token's floor, ms: the sum over its weight matrices of a plain
+    /// streaming read of each one's bytes (`stream_read.wgsl`, rotating
+    /// copies totalling the bytes read, at most 512 MiB). Sparse rows count
+    /// what each sparse matrix read in the last timed token (its active
+    /// columns and its input, rounded to 1/32 or finer). No decode step
+    /// can read those bytes faster; attention and the small ops come on
+    /// top. `None` with the floor off.
     pub floor_ms_per_token: Option<f64>,
     /// `floor_ms_per_token / ms_per_token`.
     pub floor_fraction: Option<f64>,
@@ -180,6 +182,15 @@ pub struct Row {
     pub measured_down_speedup: Option<f64>,
     /// Where a token's time goes.
     pub split: Option<Split>,
+}
+
+/// `bytes` rounded to a multiple of the power of two nearest below 1/32 of
+/// it (at least 256): within 1/32 of it, on a coarse enough grid that
+/// similar sizes coincide.
+fn round_relative(bytes: u64) -> u64 {
+    let step = (bytes / 32).max(256);
+    let step = 1u64 << step.ilog2();
+    (bytes + step / 2) / step * step
 }
 
 /// The floor of a token that reads matrices of `sizes` bytes once each:
@@ -412,6 +423,20 @@ pub fn run(
         let achieved_gate_up = achieved_at(Site::GateUp)?;
         let achieved_qkv = achieved_at(Site::Qkv)?;
         let achieved_o = achieved_at(Site::O)?;
+        // What the last timed token read, for the floor (before the
+        // profile below changes the thresholds). A sparse matrix's bytes
+        // are rounded to 1/32 or finer, so that layers reading about the
+        // same share share one timing.
+        let floor_sizes: Vec<u64> = if sparse.is_some() {
+            let reads = m.matrix_bytes_read()?;
+            reads
+                .dense
+                .into_iter()
+                .chain(reads.sparse.into_iter().map(round_relative))
+                .collect()
+        } else {
+            m.weight_matrix_bytes().to_vec()
+        };
         let ms = median.as_secs_f64() * 1e3;
         let tps = 1e3 / ms;
         let bytes = m.weight_bytes_per_token();
@@ -459,12 +484,11 @@ pub fn run(
         let roofline = peak.map(|p| p * 1e9 / bytes as f64);
         // The floor is timed with the model freed (its copies take memory).
         let kv_cache_bytes = m.kv_cache_bytes();
-        let sizes = m.weight_matrix_bytes().to_vec();
         drop(m);
         ctx.wait()?;
-        let floor = if cfg.floor && sparse.is_none() {
-            progress("timing the floor (plain reads of every weight matrix)");
-            Some(token_floor_ms(ctx, &sizes)?)
+        let floor = if cfg.floor {
+            progress("timing the floor (plain reads of what each weight matrix read)");
+            Some(token_floor_ms(ctx, &floor_sizes)?)
         } else {
             None
         };
@@ -525,4 +549,35 @@ pub fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_relative;
+
+    #[test]
+    fn sizes_round_to_a_coarse_relative_grid() {
+        for bytes in [
+            1,
+            255,
+            256,
+            1000,
+            4096,
+            65_537,
+            7_340_032,
+            58_720_256,
+            123_456_789,
+        ] {
+            let r = round_relative(bytes);
+            let step = 1u64 << (bytes / 32).max(256).ilog2();
+            assert_eq!(r % step, 0, "{bytes} → {r}");
+            assert!(r.abs_diff(bytes) <= step / 2, "{bytes} → {r}");
+            assert!(
+                r.abs_diff(bytes) as f64 <= (bytes as f64 / 64.0).max(128.0),
+                "{bytes} → {r}"
+            );
+        }
+        // Layers reading about the same share share one size.
+        assert_eq!(round_relative(29_360_128), round_relative(29_380_000));
+    }
 }

@@ -1278,6 +1278,29 @@ impl GpuLlama {
         &self.matrix_bytes
     }
 
+    /// Bytes each weight matrix read in the last token (waits for the
+    /// GPU): the dense matrices whole, as in
+    /// [`GpuLlama::weight_matrix_bytes`], and each activation-sparse one
+    /// its active columns and its input, as the GPU counted them
+    /// (`SparseGemv::bytes_read`).
+    pub fn matrix_bytes_read(&self) -> Result<MatrixReads> {
+        let sites = [
+            &self.sparse_qkv,
+            &self.sparse_o,
+            &self.sparse_gate_up,
+            &self.sparse,
+        ];
+        let n_sparse: usize = sites.iter().map(|s| s.len()).sum();
+        let dense = self.matrix_bytes[..self.matrix_bytes.len() - n_sparse].to_vec();
+        let mut sparse = Vec::with_capacity(n_sparse);
+        for site in sites {
+            for (m, _) in site {
+                sparse.push(m.bytes_read(m.read_active_count(&self.ctx)?));
+            }
+        }
+        Ok(MatrixReads { dense, sparse })
+    }
+
     /// Bytes of KV cache on the device.
     pub fn kv_cache_bytes(&self) -> u64 {
         self.caches.iter().map(KvCache::bytes).sum()
@@ -1613,6 +1636,15 @@ fn set_thresholds(
         tau.set(ctx, taus[if taus.len() == 1 { 0 } else { i }])?;
     }
     Ok(())
+}
+
+/// What [`GpuLlama::matrix_bytes_read`] returns: bytes read in one token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatrixReads {
+    /// Each dense weight matrix, whole.
+    pub dense: Vec<u64>,
+    /// Each activation-sparse matrix: its active columns and its input.
+    pub sparse: Vec<u64>,
 }
 
 /// Per sparse matrix: inputs read in the last run, and its width.
