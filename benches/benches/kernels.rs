@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use membound_codec::{AffineCodec, Codec, Group, Matrix, ScaleDType};
 use membound_gpu::{
-    AffineGemv, DenseGemv, Dispatch, Fill, GpuBuffer, GpuContext, GpuVector, SparseGemv,
-    WeightDType, fill_buffer, stream_read, stream_read_blocks, wgpu,
+    AffineGemv, DenseGemv, Dispatch, GpuBuffer, GpuContext, GpuVector, SparseGemv, WeightDType,
+    random_buffers, stream_read, stream_read_blocks, wgpu,
 };
 
 /// SmolLM2's MLP shape keeps llvmpipe runs short; a real GPU sees the same
@@ -84,19 +84,7 @@ fn kernels(c: &mut Criterion) {
         wgpu::BufferUsages::STORAGE,
     )
     .unwrap();
-    let copies: Vec<GpuBuffer> = (0..COPIES)
-        .map(|i| {
-            let b = GpuBuffer::new(
-                &ctx,
-                &format!("floor #{i}"),
-                bytes,
-                wgpu::BufferUsages::STORAGE,
-            )
-            .unwrap();
-            fill_buffer(&ctx, &b, Fill::Bits, i as u32).unwrap();
-            b
-        })
-        .collect();
+    let copies = random_buffers(&ctx, "floor", bytes, COPIES).unwrap();
     let d: Vec<Dispatch> = copies
         .iter()
         .map(|b| stream_read(&ctx, b, &out).unwrap())

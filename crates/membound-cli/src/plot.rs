@@ -33,6 +33,22 @@ pub(crate) fn render_svg(
     Ok(())
 }
 
+/// Draws `chart`'s series legend at `at`, on a translucent white box with a
+/// black border.
+pub(crate) fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    at: SeriesLabelPosition,
+    path: &Path,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err(path))
+}
+
 /// Series colour `i` (cycling).
 pub(crate) fn color(i: usize) -> RGBColor {
     // Okabe–Ito and a few more: distinguishable, colour-blind safe first.
@@ -141,13 +157,7 @@ pub fn frontier(path: &Path, title: &str, settings: &[SettingSummary]) -> Result
             .map_err(err(path))?
             .label("Pareto frontier")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(1)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(path))?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, path)?;
         Ok(())
     })
 }
@@ -245,13 +255,7 @@ fn hist_panel(
             .map_err(err(path))?
             .label("Gaussian, same mean and σ")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], red.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(path))?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight, path)?;
     }
     Ok(())
 }
@@ -358,13 +362,7 @@ pub fn grouping(path: &Path, s: &SyntheticStudy) -> Result<()> {
             .map_err(err(path))?
             .label("▲ = the notes' figure")
             .legend(|(x, y)| TriangleMarker::new((x + 9, y), 6, BLACK.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(path))?;
+        legend(&mut chart, SeriesLabelPosition::LowerLeft, path)?;
         Ok(())
     })
 }
@@ -449,13 +447,7 @@ pub fn kernels(path: &Path, report: &membound::bench::kernels::Report) -> Result
                 .label(*label)
                 .legend(move |(x, y)| Circle::new((x + 9, y), 4, c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(path))?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, path)?;
         Ok(())
     })
 }

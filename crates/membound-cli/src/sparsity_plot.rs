@@ -9,7 +9,7 @@ use membound::sparsity::quality::QualityPoint;
 use membound::sparsity::{ActivationStats, HIST_BINS, HIST_BINS_PER_DECADE, SiteRecord};
 use plotters::prelude::*;
 
-use crate::plot::{color, err, render_svg};
+use crate::plot::{color, err, legend, render_svg};
 
 /// Share of values per quarter-decade of |x|, one line per site (summed
 /// over layers); the legend gives each site's exact-zero share, which the
@@ -80,13 +80,7 @@ pub fn histograms(path: &Path, model: &str, sites: &[(String, ActivationStats)])
                     PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(path))?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, path)?;
         Ok(())
     })
 }
@@ -160,13 +154,7 @@ pub fn layer_shares(
                     .map_err(err(path))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(path))?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight, path)?;
         Ok(())
     })
 }
@@ -246,13 +234,7 @@ pub fn quality(path: &Path, model: &str, points: &[QualityPoint]) -> Result<()> 
                     .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.4)));
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(path))?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, path)?;
         Ok(())
     })
 }

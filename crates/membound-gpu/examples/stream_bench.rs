@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use membound_gpu::{
-    DenseGemv, Dispatch, Fill, GpuBuffer, GpuContext, GpuVector, STREAM_NO_MATCH, StreamLaunch,
-    WeightDType, fill_buffer, stream_read_with, wgpu,
+    DenseGemv, Dispatch, GpuBuffer, GpuContext, GpuVector, STREAM_NO_MATCH, StreamLaunch,
+    WeightDType, random_buffers, stream_read_with, wgpu,
 };
 
 fn arg(name: &str) -> Option<String> {
@@ -63,19 +63,7 @@ fn main() {
     for &m in &mib {
         let size = ((m * (1 << 20) as f64) as u64).next_multiple_of(16 * 4096);
         let copies = ws.div_ceil(size).clamp(2, 1024) as usize;
-        let bufs: Vec<GpuBuffer> = (0..copies)
-            .map(|i| {
-                let b = GpuBuffer::new(
-                    &ctx,
-                    &format!("copy {i}"),
-                    size,
-                    wgpu::BufferUsages::STORAGE,
-                )
-                .unwrap();
-                fill_buffer(&ctx, &b, Fill::Bits, i as u32).unwrap();
-                b
-            })
-            .collect();
+        let bufs = random_buffers(&ctx, "copy", size, copies).unwrap();
         let mut line = format!("{m:8.2} MiB");
         for &l in &launches {
             let out = GpuBuffer::new(&ctx, "out", l.blocks(size) * 4, wgpu::BufferUsages::STORAGE)

@@ -18,7 +18,7 @@ pub use dispatch::{Dispatch, Workgroups};
 pub use error::{GpuError, Result};
 pub use kernels::affine::{AffineGemv, KERNEL_BITS, Launch};
 pub use kernels::dense::{DenseGemv, WeightDType, dense_gemv_reference};
-pub use kernels::fill::{Fill, fill_buffer};
+pub use kernels::fill::{Fill, fill_buffer, random_buffers};
 pub use kernels::llama::{AttentionShape, KvCache, KvDType, StepBuffer};
 pub use kernels::lut::{LutGemv, LutSource};
 pub use kernels::sparse::{

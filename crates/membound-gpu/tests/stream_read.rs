@@ -7,8 +7,8 @@ mod common;
 
 use common::{Rng, context};
 use membound_gpu::{
-    GpuBuffer, GpuContext, GpuFeatures, STREAM_BLOCK_BYTES, StreamLaunch, stream_read,
-    stream_read_blocks, stream_read_with, stream_read_xors, wgpu,
+    GpuBuffer, GpuContext, GpuFeatures, STREAM_BLOCK_BYTES, StreamLaunch, random_buffers,
+    stream_read, stream_read_blocks, stream_read_with, stream_read_xors, wgpu,
 };
 
 const MAGIC: u32 = 0x5eed_f00d;
@@ -138,5 +138,33 @@ fn bad_sizes_are_refused_with_the_reason() {
     assert!(
         e.contains("96 threads") && e.contains("power of two"),
         "{e}"
+    );
+}
+
+/// The floor's copies: as many as asked, of the size asked, each different
+/// (seed i), and the same for the same seed.
+#[test]
+fn random_buffers_are_distinct_and_reproducible() {
+    let Some(ctx) = context(GpuFeatures::NONE) else {
+        return;
+    };
+    let size = 3 * 4096;
+    let a = random_buffers(&ctx, "copy", size, 3).unwrap();
+    let b = random_buffers(&ctx, "again", size, 1).unwrap();
+    assert_eq!(a.len(), 3);
+    assert_eq!(a[2].name(), "copy #2");
+    let words = |buf: &GpuBuffer| -> Vec<u32> {
+        assert_eq!(buf.size(), size);
+        bytemuck::pod_collect_to_vec(&buf.read_bytes(&ctx, 0, size).unwrap())
+    };
+    let (w0, w1, w2) = (words(&a[0]), words(&a[1]), words(&a[2]));
+    assert!(w0 != w1 && w1 != w2 && w0 != w2);
+    assert_eq!(words(&b[0]), w0);
+    // Random bits: about half of them set.
+    let ones: u32 = w1.iter().map(|w| w.count_ones()).sum();
+    let bits = size as u32 * 8;
+    assert!(
+        ones.abs_diff(bits / 2) < bits / 50,
+        "{ones} of {bits} bits set"
     );
 }

@@ -21,6 +21,30 @@ pub enum Fill {
     ConstPair(f32, f32),
 }
 
+/// `count` storage buffers (readable back) of `size` bytes, named
+/// `{name} #i`, each filled
+/// with random bits (buffer i from seed i): distinct memory for a benchmark
+/// that rotates through copies to read past the last-level cache.
+pub fn random_buffers(
+    ctx: &GpuContext,
+    name: &str,
+    size: u64,
+    count: usize,
+) -> Result<Vec<GpuBuffer>> {
+    (0..count)
+        .map(|i| {
+            let b = GpuBuffer::new(
+                ctx,
+                &format!("{name} #{i}"),
+                size,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            )?;
+            fill_buffer(ctx, &b, Fill::Bits, i as u32)?;
+            Ok(b)
+        })
+        .collect()
+}
+
 /// Overwrites every word of `buffer` (which needs `STORAGE` usage) with
 /// `fill`, reproducibly from `seed`, and submits without waiting.
 pub fn fill_buffer(ctx: &GpuContext, buffer: &GpuBuffer, fill: Fill, seed: u32) -> Result<()> {

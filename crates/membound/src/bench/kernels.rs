@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use membound_gpu::{
-    AffineGemv, DenseGemv, Dispatch, Fill, GpuBuffer, GpuContext, GpuVector, Launch, LutGemv,
-    SparseGemv, TimingMethod, WeightDType, fill_buffer, stream_read, stream_read_blocks, wgpu,
+    AffineGemv, DenseGemv, Dispatch, GpuBuffer, GpuContext, GpuVector, Launch, LutGemv, SparseGemv,
+    TimingMethod, WeightDType, random_buffers, stream_read, stream_read_blocks, wgpu,
 };
 use membound_sparse::{ColMajorAffine4, ColMajorF16, threshold_for_sparsity};
 use serde::{Deserialize, Serialize};
@@ -471,18 +471,7 @@ pub(crate) fn time_floor(
         stream_read_blocks(size) * 4,
         wgpu::BufferUsages::STORAGE,
     )?;
-    let buffers = (0..copies.max(2))
-        .map(|i| {
-            let b = GpuBuffer::new(
-                ctx,
-                &format!("floor {size} bytes #{i}"),
-                size,
-                wgpu::BufferUsages::STORAGE,
-            )?;
-            fill_buffer(ctx, &b, Fill::Bits, i as u32)?;
-            Ok(b)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let buffers = random_buffers(ctx, &format!("floor {size} bytes"), size, copies.max(2))?;
     let dispatches = buffers
         .iter()
         .map(|b| Ok(stream_read(ctx, b, &out)?))
