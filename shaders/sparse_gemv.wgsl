@@ -565,7 +565,11 @@ fn finish(lid: u32, wid: vec3<u32>, n: u32) {
             let i = c * rows + r;
             sum += take(i, atomicExchange(&out[i], EMPTY));
         }
-        y[r] = select(sum, y[r] + sum, ACCUM);
+        if ACCUM {
+            y[r] += sum;
+        } else {
+            y[r] = sum;
+        }
     }
 }
 

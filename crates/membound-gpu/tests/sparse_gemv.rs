@@ -765,8 +765,11 @@ fn swiglu_and_rms_norm_inputs() {
 
 /// The two reductions agree bit for bit under load: sixteen accumulating
 /// calls with different inputs, recorded back to back in one submission, on
-/// a matrix big enough for many workgroups per row tile to run at once (a
-/// last workgroup that read a stale partial sum would show here).
+/// a matrix big enough for many workgroups per row tile to run at once.
+/// (On the H100 this test passed with the first, barrier-ordered form of
+/// the reduction; the stale sums it read showed in
+/// `accumulate_adds_to_the_output_exactly` and
+/// `last_workgroup_reduction_repeats`.)
 #[test]
 fn reductions_agree_under_load() {
     let Some(ctx) = context(GpuFeatures::NONE) else {

@@ -278,23 +278,22 @@ struct Plan {
 #[derive(Debug)]
 struct Scratch {
     params: GpuBuffer,
-    /// The final compacted list: (index, x bits) per active input (with
-    /// several chunks and [`SparseReduce::LastWorkgroup`], the lists stay
-    /// per chunk, in `Split::lists`).
-    active: GpuBuffer,
+    /// Each chunk's compacted list, (index, x bits) per active input in
+    /// increasing order, `chunk_len` slots a chunk (with one chunk, the
+    /// whole list).
+    lists: GpuBuffer,
     /// `[count, 1, 1, 0, count of chunk 0, count of chunk 1, …]`, then
     /// under [`SparseReduce::LastWorkgroup`] one arrival counter per row
     /// tile (zero between calls).
     counts: GpuBuffer,
-    /// With several chunks: their partial sums, lists, and (unless the
-    /// last workgroups add them up) the second stage.
+    /// With several chunks: their partial sums and (unless the last
+    /// workgroups add them up) the second stage.
     split: Option<Split>,
 }
 
 #[derive(Debug)]
 struct Split {
     partials: GpuBuffer,
-    lists: GpuBuffer,
     second: Option<SecondStage>,
 }
 
@@ -302,6 +301,8 @@ struct Split {
 struct SecondStage {
     params: GpuBuffer,
     pipeline: Arc<Pipeline>,
+    /// The chunks' lists joined into one.
+    joined: GpuBuffer,
 }
 
 /// A weight matrix uploaded once, column-major, with the pipelines and
@@ -746,9 +747,9 @@ impl SparseGemv {
             ));
         }
         let s = &self.scratch;
-        let (out, compact) = match &s.split {
-            Some(split) => (&split.partials, &split.lists),
-            None => (y.buffer(), &s.active),
+        let out = match &s.split {
+            Some(split) => &split.partials,
+            None => y.buffer(),
         };
         let mut buffers = vec![
             &s.params,
@@ -756,7 +757,7 @@ impl SparseGemv {
             &*self.weights,
             x.buffer(),
             out,
-            compact,
+            &s.lists,
             &s.counts,
         ];
         // Binding 7: the scales, or (f16) the weights as a stand-in.
@@ -798,9 +799,9 @@ impl SparseGemv {
                 &[
                     &stage.params,
                     &split.partials,
-                    &split.lists,
+                    &s.lists,
                     y.buffer(),
-                    &s.active,
+                    &stage.joined,
                     &s.counts,
                 ],
             )?;
@@ -834,9 +835,9 @@ impl SparseGemv {
         Ok(u32::from_le_bytes([count[0], count[1], count[2], count[3]]) as usize)
     }
 
-    /// Reads the last run's compacted list back (waits for the GPU). With
-    /// several chunks added up in one dispatch, the GPU leaves one list per
-    /// chunk and they are joined here.
+    /// Reads the last run's compacted list back (waits for the GPU). Unless
+    /// a second dispatch joined them, the GPU leaves one list per chunk and
+    /// they are joined here.
     pub fn read_compaction(&self, ctx: &GpuContext) -> Result<Compaction> {
         let bad = |what: String| GpuError::invalid(format!("sparse GEMV `{}`", self.name), what);
         let chunks = self.plan.chunks as usize;
@@ -852,38 +853,33 @@ impl SparseGemv {
                 self.cols
             )));
         }
-        let words: Vec<u32> = match &self.scratch.split {
-            Some(split) if split.second.is_none() => {
-                let chunk_len = self.plan.chunk_len as usize;
-                let lists: Vec<u32> = bytemuck::pod_collect_to_vec(&split.lists.read_bytes(
-                    ctx,
-                    0,
-                    split.lists.size(),
-                )?);
-                let mut words = Vec::with_capacity(2 * count);
-                for (c, &n) in counts[COUNTS_HEADER..].iter().enumerate() {
-                    let n = n as usize;
-                    if n > chunk_len {
-                        return Err(bad(format!(
-                            "the GPU reported {n} active inputs in a chunk of {chunk_len}"
-                        )));
-                    }
-                    let at = 2 * c * chunk_len;
-                    words.extend_from_slice(&lists[at..at + 2 * n]);
-                }
-                if words.len() != 2 * count {
+        let second = self.scratch.split.as_ref().and_then(|s| s.second.as_ref());
+        let words: Vec<u32> = if let Some(stage) = second {
+            bytemuck::pod_collect_to_vec(&stage.joined.read_bytes(ctx, 0, count as u64 * 8)?)
+        } else {
+            // The chunks' lists, joined here.
+            let chunk_len = self.plan.chunk_len as usize;
+            let lists = &self.scratch.lists;
+            let lists: Vec<u32> =
+                bytemuck::pod_collect_to_vec(&lists.read_bytes(ctx, 0, lists.size())?);
+            let mut words = Vec::with_capacity(2 * count);
+            for (c, &n) in counts[COUNTS_HEADER..].iter().enumerate() {
+                let n = n as usize;
+                if n > chunk_len {
                     return Err(bad(format!(
-                        "the chunks' counts add up to {}, the total is {count}",
-                        words.len() / 2
+                        "the GPU reported {n} active inputs in a chunk of {chunk_len}"
                     )));
                 }
-                words
+                let at = 2 * c * chunk_len;
+                words.extend_from_slice(&lists[at..at + 2 * n]);
             }
-            _ => bytemuck::pod_collect_to_vec(&self.scratch.active.read_bytes(
-                ctx,
-                0,
-                count as u64 * 8,
-            )?),
+            if words.len() != 2 * count {
+                return Err(bad(format!(
+                    "the chunks' counts add up to {}, the total is {count}",
+                    words.len() / 2
+                )));
+            }
+            words
         };
         Ok(Compaction {
             indices: words.iter().step_by(2).copied().collect(),
@@ -1111,14 +1107,14 @@ fn prepare(
         group_shift,
     };
     let params = GpuBuffer::uniform(ctx, &format!("{name} params"), &params)?;
-    let active_name = format!("{name} active inputs");
-    let active = GpuBuffer::new(
+    let lists_name = format!("{name} chunk lists");
+    let lists = GpuBuffer::new(
         ctx,
-        &active_name,
-        cols as u64 * 8,
+        &lists_name,
+        u64::from(plan.chunks) * u64::from(plan.chunk_len) * 8,
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
     )?;
-    check_binding_size(ctx, &active_name, active.size())?;
+    check_binding_size(ctx, &lists_name, lists.size())?;
     let arrivals = if plan.last_reduce {
         plan.row_tiles as usize
     } else {
@@ -1146,33 +1142,33 @@ fn prepare(
             GpuBuffer::new(ctx, &partials_name, size, wgpu::BufferUsages::STORAGE)?
         };
         check_binding_size(ctx, &partials_name, partials.size())?;
-        let lists_name = format!("{name} chunk lists");
-        let lists = GpuBuffer::new(
-            ctx,
-            &lists_name,
-            u64::from(plan.chunks) * u64::from(plan.chunk_len) * 8,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        )?;
-        check_binding_size(ctx, &lists_name, lists.size())?;
         let second = if plan.last_reduce {
             None
         } else {
             let reduce = [rows as u32, plan.chunks, plan.chunk_len, 0];
             let params = GpuBuffer::uniform(ctx, &format!("{name} reduce params"), &reduce)?;
             let pipeline = reduce_pipeline(ctx, plan.wg, false)?;
-            Some(SecondStage { params, pipeline })
+            let joined_name = format!("{name} active inputs");
+            let joined = GpuBuffer::new(
+                ctx,
+                &joined_name,
+                cols as u64 * 8,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            )?;
+            check_binding_size(ctx, &joined_name, joined.size())?;
+            Some(SecondStage {
+                params,
+                pipeline,
+                joined,
+            })
         };
-        Some(Split {
-            partials,
-            lists,
-            second,
-        })
+        Some(Split { partials, second })
     } else {
         None
     };
     let scratch = Scratch {
         params,
-        active,
+        lists,
         counts,
         split,
     };
