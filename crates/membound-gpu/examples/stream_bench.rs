@@ -28,14 +28,8 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn time(ctx: &GpuContext, dispatches: &[Dispatch], reps: usize) -> f64 {
-    let record = |pass: &mut wgpu::ComputePass<'_>| {
-        for d in dispatches {
-            d.record(pass);
-        }
-    };
-    ctx.warm_up(Duration::from_millis(300), record).unwrap();
-    let t = ctx.time_repeated(reps, record).unwrap();
-    t.median().as_secs_f64() / dispatches.len() as f64
+    ctx.time_dispatches(dispatches, Duration::from_millis(300), reps)
+        .unwrap()
 }
 
 fn main() {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
+use crate::dispatch::Dispatch;
 use crate::error::Result;
 
 /// How a [`Timings`] was measured.
@@ -174,5 +175,25 @@ impl GpuContext {
     pub(crate) fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
         self.device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Warms up for `warm_up` recording `dispatches` into each pass, then
+    /// times `reps` (at least 1) passes of them: the median seconds per
+    /// dispatch, the usual figure of a benchmark that rotates through
+    /// copies of one kernel's inputs.
+    pub fn time_dispatches(
+        &self,
+        dispatches: &[Dispatch],
+        warm_up: Duration,
+        reps: usize,
+    ) -> Result<f64> {
+        let record = |pass: &mut wgpu::ComputePass<'_>| {
+            for d in dispatches {
+                d.record(pass);
+            }
+        };
+        self.warm_up(warm_up, record)?;
+        let t = self.time_repeated(reps.max(1), record)?;
+        Ok(t.median().as_secs_f64() / dispatches.len().max(1) as f64)
     }
 }

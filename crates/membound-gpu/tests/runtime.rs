@@ -106,6 +106,14 @@ fn timing_gives_one_duration_per_repetition() {
         );
         // The timed work ran: y holds the product.
         assert_eq!(y.read(&ctx).unwrap(), vec![256.0; rows], "{set}");
+        // time_dispatches runs the given calls (y cleared first, so the
+        // product shows they ran) and reports a positive figure a call.
+        y.write(&ctx, &vec![0.0; rows]).unwrap();
+        let per = ctx
+            .time_dispatches(&[call], std::time::Duration::ZERO, 3)
+            .unwrap();
+        assert!(per > 0.0 && per.is_finite(), "{set}: {per}");
+        assert_eq!(y.read(&ctx).unwrap(), vec![256.0; rows], "{set}");
     }
 }
 

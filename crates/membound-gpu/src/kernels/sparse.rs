@@ -769,7 +769,7 @@ impl SparseGemv {
         // Binding 9: y where the last workgroups add into it; otherwise
         // `out` as a stand-in, so that a first stage that leaves y alone
         // does not have to wait for the work before it that writes y.
-        buffers.push(if s.split.is_some() && second_stage.is_none() {
+        buffers.push(if self.plan.last_reduce {
             y.buffer()
         } else {
             out

@@ -431,27 +431,9 @@ fn time_case(
         .map(|k| k.dispatch(ctx, x, tau, y))
         .collect::<Result<Vec<_>>>()?;
     Ok((
-        time_pass(ctx, cfg.warm_up, cfg.reps, &dispatches)?,
+        ctx.time_dispatches(&dispatches, cfg.warm_up, cfg.reps)?,
         kernels[0].bytes_read(active),
     ))
-}
-
-/// Warms up for `warm_up`, then times `reps` passes that record every one
-/// of `dispatches` once; returns the median pass ÷ their number, seconds.
-fn time_pass(
-    ctx: &GpuContext,
-    warm_up: Duration,
-    reps: usize,
-    dispatches: &[Dispatch],
-) -> Result<f64> {
-    let record = |pass: &mut wgpu::ComputePass<'_>| {
-        for d in dispatches {
-            d.record(pass);
-        }
-    };
-    ctx.warm_up(warm_up, record)?;
-    let t = ctx.time_repeated(reps.max(1), record)?;
-    Ok(t.median().as_secs_f64() / dispatches.len() as f64)
 }
 
 /// Times the streaming-read floor of `bytes` (rounded up to 16): `copies`
@@ -476,7 +458,7 @@ pub(crate) fn time_floor(
         .iter()
         .map(|b| Ok(stream_read(ctx, b, &out)?))
         .collect::<Result<Vec<_>>>()?;
-    time_pass(ctx, warm_up, reps, &dispatches)
+    Ok(ctx.time_dispatches(&dispatches, warm_up, reps)?)
 }
 
 /// Runs every case of `cfg`. `peak_override` replaces the datasheet peak;
