@@ -132,3 +132,80 @@ fn bad_decode_requests_are_clear_errors() {
     assert_ne!(code, 0);
     assert!(err.contains("q3") || skip_gpu(&err), "{err}");
 }
+
+/// `--bound` adds, after each spec's sparse row, the zero-overhead bound:
+/// the sparse sites (here the down projections; every site is covered by
+/// `gpu_decode.rs`) dense over half their inputs (SmolLM2's hidden 1536 →
+/// 768), so it reads exactly the bytes of the inputs it drops fewer, and
+/// is set against the dense row. It needs a synthetic model and a
+/// sparsity.
+#[test]
+fn zero_overhead_bound_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("decode.json");
+    let (code, out, err) = membound(&[
+        "bench",
+        "decode",
+        "--synthetic",
+        "smollm2-135m",
+        "--weights",
+        "f16",
+        "--sparsity",
+        "0.5",
+        "--bound",
+        "--tokens",
+        "2",
+        "--warm-up",
+        "1",
+        "--profile-reps",
+        "0",
+        "--no-floor",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    if skip_gpu(&err) {
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("zero-overhead bound"), "{out}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "dense, sparse, bound");
+    let flags: Vec<bool> = rows
+        .iter()
+        .map(|r| r["zero_overhead_bound"].as_bool().unwrap())
+        .collect();
+    assert_eq!(flags, [false, false, true]);
+    let (dense, bound) = (&rows[0], &rows[2]);
+    assert_eq!(bound["sparsity"].as_f64(), Some(0.5));
+    // 30 layers of f16 down projections (576 rows) lose 768 of 1536 inputs.
+    let dropped = 30 * 2 * 576 * 768;
+    assert_eq!(
+        dense["weight_bytes"].as_u64().unwrap() - bound["weight_bytes"].as_u64().unwrap(),
+        dropped
+    );
+    let tps = |r: &Value| r["tokens_per_s"].as_f64().unwrap();
+    let x = bound["speedup_vs_dense"].as_f64().unwrap();
+    assert!((x - tps(bound) / tps(dense)).abs() < 1e-9 * x);
+    let rtps = |r: &Value| r["resident_tokens_per_s"].as_f64().unwrap();
+    let rx = bound["resident_speedup_vs_dense"].as_f64().unwrap();
+    assert!((rx - rtps(bound) / rtps(dense)).abs() < 1e-9 * rx);
+    // Its tokens mean nothing: no sparse statistics.
+    assert!(bound["achieved_sparsity"].is_null());
+
+    // Only with a sparsity, and only on a synthetic model.
+    let (code, _, err) = membound(&["bench", "decode", "--synthetic", "llama-1b", "--bound"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--sparsity"), "{err}");
+    let (code, _, err) = membound(&[
+        "bench",
+        "decode",
+        "--model",
+        "smollm2",
+        "--sparsity",
+        "0.5",
+        "--bound",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--synthetic"), "{err}");
+}

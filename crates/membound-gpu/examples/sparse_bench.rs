@@ -260,8 +260,10 @@ impl Bench {
             let active = active_indices(&xs, tau);
             tuned[0].run(ctx, &x, tau, &y).unwrap();
             let err = relative_error(&y.read(ctx).unwrap(), &host.reference(&xs, &active));
-            let compaction = tuned[0].read_compaction(ctx).unwrap();
-            let ok = err < 1e-5 && compaction.indices == active;
+            // (A shader variant under MEMBOUND_SHADER_DIR may leave the
+            // compaction unreadable: that is a wrong result, not a panic.)
+            let compaction = tuned[0].read_compaction(ctx);
+            let ok = err < 1e-5 && compaction.is_ok_and(|c| c.indices == active);
             let sparsities = if t == 0 {
                 &args.sparsities
             } else {

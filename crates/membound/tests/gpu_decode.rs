@@ -90,6 +90,7 @@ fn compare(
             // Split attention from position 8: both paths meet the CPU.
             split_attention_from: 8,
             fuse,
+            bound_sparsity: None,
         },
     )
     .unwrap();
@@ -311,6 +312,15 @@ fn bad_requests_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("context"), "{e}");
+    // The zero-overhead bound's tokens mean nothing: never on a real model.
+    let bound = GpuLlamaOptions {
+        bound_sparsity: Some(0.5),
+        ..opts
+    };
+    let e = GpuLlama::new(Arc::clone(&ctx), &prepared, bound)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("synthetic model"), "{e}");
     let e = prepare(&cfg, &w, &WeightPlan::uniform("svd:rank=4"), &|_, _| {})
         .unwrap_err()
         .to_string();
@@ -722,5 +732,72 @@ fn all_sites_sparse_match_cpu_with_thresholding_hook() {
             got <= weights + inputs && got >= weights * 9 / 10,
             "τ = 0: read {got} of {weights} + {inputs}"
         );
+    }
+}
+
+/// The zero-overhead bound keeps the sparse sites' matrices dense over the
+/// first (1 − s) of their inputs (down always; q/k/v, o and gate/up when
+/// named), decodes, and refuses what it cannot mean.
+#[test]
+fn zero_overhead_bound_narrows_the_sparse_sites() {
+    let Some(ctx) = gpu() else { return };
+    let cfg = tiny_synthetic();
+    let full = GpuLlamaOptions {
+        context: Some(16),
+        ..Default::default()
+    };
+    let dense = GpuLlama::synthetic(Arc::clone(&ctx), &cfg, "f16", 7, full).unwrap();
+    let want = dense.weight_matrix_bytes().to_vec();
+    // q/k/v, o, gate/up, down per layer, then the classifier.
+    assert_eq!(want.len(), 4 * cfg.n_layers + 1);
+    for (attention, gate_up) in [(false, false), (false, true), (true, true)] {
+        let opts = GpuLlamaOptions {
+            bound_sparsity: Some(0.5),
+            sparse_attention: attention,
+            sparse_gate_up: gate_up,
+            ..full
+        };
+        let mut m = GpuLlama::synthetic(Arc::clone(&ctx), &cfg, "f16", 7, opts).unwrap();
+        let got = m.weight_matrix_bytes();
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            // dim 256 → 128 and hidden 512 → 256 inputs: half the bytes.
+            let narrowed = i < 4 * cfg.n_layers
+                && match i % 4 {
+                    0 | 1 => attention,
+                    2 => gate_up,
+                    _ => true,
+                };
+            assert_eq!(g, if narrowed { w / 2 } else { w }, "matrix {i}, {opts:?}");
+        }
+        assert!(m.weight_bytes_per_token() < dense.weight_bytes_per_token());
+        // It decodes (its tokens mean nothing, but they are its own):
+        // the GPU-resident loop chooses what step-by-step decoding does.
+        let logits = m.forward(3, 0).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
+        let mut steps = Vec::new();
+        let mut tok = 3;
+        for pos in 0..4 {
+            tok = m.forward_argmax(tok, pos).unwrap();
+            steps.push(tok);
+        }
+        assert_eq!(m.greedy_resident(3, 0, 4).unwrap(), steps, "{opts:?}");
+    }
+    let bad = |opts: GpuLlamaOptions| {
+        GpuLlama::synthetic(Arc::clone(&ctx), &cfg, "f16", 7, opts)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = bad(GpuLlamaOptions {
+        bound_sparsity: Some(0.5),
+        sparse_down: Some(membound_gpu::SparseDType::F16),
+        ..full
+    });
+    assert!(e.contains("without sparse_down"), "{e}");
+    for s in [1.0, -0.1, f32::NAN] {
+        let e = bad(GpuLlamaOptions {
+            bound_sparsity: Some(s),
+            ..full
+        });
+        assert!(e.contains("[0, 1)"), "{s}: {e}");
     }
 }

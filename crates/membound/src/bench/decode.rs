@@ -58,6 +58,10 @@ pub struct Config {
     /// matrix's bytes (a sparse one's: what it read in the last timed
     /// token), summed over a token.
     pub floor: bool,
+    /// With `sparsity` and a synthetic model, also time each spec's
+    /// zero-overhead bound ([`GpuLlamaOptions::bound_sparsity`]): the same
+    /// projections dense over only the unskipped share of their inputs.
+    pub bound: bool,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             sparse_gate_up: false,
             sparse_attention: false,
             floor: true,
+            bound: false,
         }
     }
 }
@@ -112,8 +117,12 @@ pub struct Row {
     pub model: String,
     /// Weight spec.
     pub weights: String,
-    /// Target share of down-projection inputs skipped (sparse rows).
+    /// Target share of down-projection inputs skipped (sparse and bound
+    /// rows).
     pub sparsity: Option<f64>,
+    /// A zero-overhead bound row ([`Config::bound`]): dense projections
+    /// over only `1 − sparsity` of their inputs; its tokens mean nothing.
+    pub zero_overhead_bound: bool,
     /// Share actually skipped in the last timed token, over all layers.
     pub achieved_sparsity: Option<f64>,
     /// The same for the gate/up projections, when they are sparse.
@@ -170,8 +179,11 @@ pub struct Row {
     pub resident_floor_fraction: Option<f64>,
     /// Tokens/s over the first case's.
     pub speedup_vs_first: f64,
-    /// Sparse rows: tokens/s over the dense row of the same weights.
+    /// Sparse and bound rows: tokens/s over the dense row of the same
+    /// weights.
     pub speedup_vs_dense: Option<f64>,
+    /// The same, GPU-resident.
+    pub resident_speedup_vs_dense: Option<f64>,
     /// Sparse rows: the sparse kernel's overhead o, from its time with
     /// nothing skipped over the dense down projections' time, minus 1.
     pub sparse_overhead: Option<f64>,
@@ -303,16 +315,35 @@ pub fn run(
             "the run needs {needed} positions but the context is {context}"
         )));
     }
+    if cfg.bound {
+        if cfg.sparsity.is_none() {
+            return Err(Error::Request(
+                "the zero-overhead bound needs a sparsity to bound".into(),
+            ));
+        }
+        if !matches!(subject, Subject::Synthetic(_)) {
+            return Err(Error::Request(
+                "the zero-overhead bound runs on synthetic models only (its tokens mean nothing)"
+                    .into(),
+            ));
+        }
+    }
+    // (spec, sparse: its sparsity and storage, bound: its sparsity)
     let mut cases = Vec::new();
     for spec in specs {
-        cases.push((spec.clone(), None));
+        cases.push((spec.clone(), None, None));
         if let Some(s) = cfg.sparsity {
-            cases.push((spec.clone(), Some((s, sparse_dtype(spec)?))));
+            cases.push((spec.clone(), Some((s, sparse_dtype(spec)?)), None));
+            if cfg.bound {
+                cases.push((spec.clone(), None, Some(s)));
+            }
         }
     }
     let mut rows: Vec<Row> = Vec::new();
-    for (spec, sparse) in &cases {
+    let mut dense_row: Option<usize> = None;
+    for (spec, sparse, bound) in &cases {
         let opts = GpuLlamaOptions {
+            bound_sparsity: *bound,
             context: Some(context),
             submissions: cfg.submissions,
             sparse_down: sparse.map(|(_, d)| d),
@@ -322,18 +353,22 @@ pub fn run(
             fuse: cfg.fuse,
             ..Default::default()
         };
-        let label = match sparse {
-            None => format!("{spec} weights"),
-            Some((s, _)) => format!(
-                "{spec} weights, sparse {} projections at {:.0}%",
-                match (cfg.sparse_attention, cfg.sparse_gate_up) {
-                    (true, true) => "q/k/v, o, gate/up and down",
-                    (true, false) => "q/k/v, o and down",
-                    (false, true) => "gate/up and down",
-                    (false, false) => "down",
-                },
+        let sites = match (cfg.sparse_attention, cfg.sparse_gate_up) {
+            (true, true) => "q/k/v, o, gate/up and down",
+            (true, false) => "q/k/v, o and down",
+            (false, true) => "gate/up and down",
+            (false, false) => "down",
+        };
+        let label = match (sparse, bound) {
+            (Some((s, _)), _) => format!(
+                "{spec} weights, sparse {sites} projections at {:.0}%",
                 s * 100.0
             ),
+            (None, Some(s)) => format!(
+                "{spec} weights, zero-overhead bound: {sites} projections dense over {:.0}% of their inputs",
+                (1.0 - s) * 100.0
+            ),
+            (None, None) => format!("{spec} weights"),
         };
         progress(&format!("building {name} with {label}"));
         let mut m = match &mut subject {
@@ -493,7 +528,12 @@ pub fn run(
             None
         };
         let first = rows.first().map_or(tps, |r| r.tokens_per_s);
-        let dense = rows.last().filter(|_| sparse.is_some());
+        let dense = dense_row
+            .filter(|_| sparse.is_some() || bound.is_some())
+            .map(|i| &rows[i]);
+        if sparse.is_none() && bound.is_none() {
+            dense_row = Some(rows.len());
+        }
         let dense_down = dense.and_then(|r| r.split.as_ref()).map(|s| s.down_us);
         let sparse_down = split.as_ref().map(|s| s.down_us);
         let overhead = match (sparse_zero, dense_down) {
@@ -502,6 +542,10 @@ pub fn run(
         };
         rows.push(Row {
             speedup_vs_dense: dense.map(|r| tps / r.tokens_per_s),
+            resident_speedup_vs_dense: dense
+                .and_then(|r| r.resident_ms_per_token)
+                .zip(resident)
+                .map(|(d, s)| d / s),
             sparse_overhead: overhead,
             notes_model_down_speedup: match (achieved, overhead) {
                 (Some(s), Some(o)) => Some(1.0 / (1.0 - s + o)),
@@ -513,7 +557,8 @@ pub fn run(
             },
             model: name.clone(),
             weights: spec.clone(),
-            sparsity: sparse.map(|(s, _)| f64::from(s)),
+            sparsity: sparse.map(|(s, _)| s).or(*bound).map(f64::from),
+            zero_overhead_bound: bound.is_some(),
             achieved_sparsity: achieved,
             achieved_gate_up_sparsity: achieved_gate_up,
             achieved_qkv_sparsity: achieved_qkv,

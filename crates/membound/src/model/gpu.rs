@@ -529,7 +529,7 @@ impl GpuMatrix {
 pub const LONG_CONTEXT: usize = 512;
 
 /// Options of the GPU decoder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GpuLlamaOptions {
     /// Activation-sparse down projections: each block's down weights are
     /// stored column-major in this dtype, the SwiGLU output is compared
@@ -566,6 +566,15 @@ pub struct GpuLlamaOptions {
     /// block instead of 8 (on by default; dense and affine weights; other
     /// codecs run unfused).
     pub fuse: bool,
+    /// Synthetic models only: a zero-overhead bound for activation
+    /// sparsity s ∈ [0, 1). The down projections, and those that
+    /// `sparse_gate_up` / `sparse_attention` name, stay dense but take only
+    /// the first (1 − s) of their inputs, rounded to a multiple of 64: what
+    /// a kernel skipping that share would read if it knew the active
+    /// columns for free and found them stored contiguously. The tokens
+    /// decoded mean nothing; the time is the least any s-sparse kernel can
+    /// take at the dense kernels' efficiency. Needs `sparse_down: None`.
+    pub bound_sparsity: Option<f32>,
 }
 
 impl Default for GpuLlamaOptions {
@@ -579,6 +588,7 @@ impl Default for GpuLlamaOptions {
             context: None,
             submissions: 4,
             fuse: true,
+            bound_sparsity: None,
         }
     }
 }
@@ -763,6 +773,12 @@ pub fn sparse_down_decoded(
 impl GpuLlama {
     /// Uploads `model` to `ctx`'s device and records a token's dispatches.
     pub fn new(ctx: Arc<GpuContext>, model: &PreparedModel, opts: GpuLlamaOptions) -> Result<Self> {
+        if opts.bound_sparsity.is_some() {
+            return Err(Error::Request(
+                "the zero-overhead sparsity bound needs a synthetic model (its tokens mean nothing)"
+                    .into(),
+            ));
+        }
         let c = &ctx;
         let layers = model
             .layers
@@ -903,6 +919,31 @@ impl GpuLlama {
         };
         let (d, h, kv) = (cfg.dim, cfg.hidden_dim, cfg.kv_dim());
         let ones = |name: String| GpuVector::from_slice(c, &name, &vec![1.0; d]);
+        // The zero-overhead bound's input widths (see `bound_sparsity`).
+        let kept = match opts.bound_sparsity {
+            None => None,
+            Some(s) if opts.sparse_down.is_some() => {
+                return Err(Error::Request(format!(
+                    "the zero-overhead bound at {s} replaces the sparse kernels; \
+                     build it without sparse_down"
+                )));
+            }
+            Some(s) if !(0.0..1.0).contains(&s) => {
+                return Err(Error::Request(format!(
+                    "a bound sparsity of {s}; it must be in [0, 1)"
+                )));
+            }
+            Some(s) => Some(f64::from(1.0 - s)),
+        };
+        let width = |cols: usize, on: bool| match kept {
+            Some(k) if on => ((cols as f64 * k / 64.0).round() as usize * 64).clamp(64, cols),
+            _ => cols,
+        };
+        let (d_attn, d_mlp) = (
+            width(d, opts.sparse_attention),
+            width(d, opts.sparse_gate_up),
+        );
+        let h_down = width(h, true);
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             layers.push(LayerParts {
@@ -917,7 +958,7 @@ impl GpuLlama {
                         seed.wrapping_add(3_333 + i as u32),
                         (3.0 / d as f32).sqrt(),
                     )?)),
-                    _ => Proj::Dense(matrix(format!("layers.{i}.qkv"), d + 2 * kv, d)?),
+                    _ => Proj::Dense(matrix(format!("layers.{i}.qkv"), d + 2 * kv, d_attn)?),
                 },
                 bias: None,
                 wo: match (opts.sparse_down, opts.sparse_attention) {
@@ -930,7 +971,7 @@ impl GpuLlama {
                         seed.wrapping_add(4_444 + i as u32),
                         (3.0 / d as f32).sqrt(),
                     )?)),
-                    _ => Proj::Dense(matrix(format!("layers.{i}.wo"), d, d)?),
+                    _ => Proj::Dense(matrix(format!("layers.{i}.wo"), d, d_attn)?),
                 },
                 ffn_norm: ones(format!("layer {i} ffn norm"))?,
                 gate_up: match (opts.sparse_down, opts.sparse_gate_up) {
@@ -943,10 +984,10 @@ impl GpuLlama {
                         seed.wrapping_add(5_555 + i as u32),
                         (3.0 / d as f32).sqrt(),
                     )?)),
-                    _ => Proj::Dense(matrix(format!("layers.{i}.gate_up"), 2 * h, d)?),
+                    _ => Proj::Dense(matrix(format!("layers.{i}.gate_up"), 2 * h, d_mlp)?),
                 },
                 down: match opts.sparse_down {
-                    None => Proj::Dense(matrix(format!("layers.{i}.w_down"), d, h)?),
+                    None => Proj::Dense(matrix(format!("layers.{i}.w_down"), d, h_down)?),
                     Some(dtype) => Proj::Sparse(Box::new(SparseGemv::synthetic(
                         c,
                         &format!("layers.{i}.w_down (sparse)"),
