@@ -46,6 +46,8 @@ enum What {
 ///   membound bench decode --synthetic llama-8b --weights f16 --weights affine:bits=4,group=64
 ///   membound bench decode --model smollm2 --weights f16 --json decode.json
 ///   membound bench decode --synthetic llama-8b --start-pos 4096 --tokens 16
+///   membound bench decode --synthetic llama-8b --sparsity 0.5 --sparse-gate-up --sparse-attention --bound
+///   membound bench decode --from s50.json --from s70.json --plot sparsity.svg
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 struct DecodeArgs {
@@ -126,6 +128,18 @@ struct DecodeArgs {
     /// token. No decode can read those bytes faster.
     #[arg(long)]
     no_floor: bool,
+    /// Also draw each sparse and zero-overhead-bound row's tokens/s over
+    /// its dense row (GPU-resident where measured) against its sparsity,
+    /// one colour per weight spec, with the research notes' model
+    /// 1/(1 − s), to this SVG file. Most useful with several --from
+    /// reports, one per --sparsity.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Measure nothing: read reports written by --json (repeatable, e.g.
+    /// one per sparsity in docs/data/), print their rows as one table, and
+    /// plot them with --plot. Needs no GPU.
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["model", "synthetic", "thresholds"])]
+    from: Vec<PathBuf>,
     /// Also write the results as JSON to this file (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -400,6 +414,62 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
 
 fn run_decode(a: DecodeArgs) -> Result<()> {
     check_output("--json", a.json.as_deref())?;
+    check_output("--plot", a.plot.as_deref())?;
+    let report = if a.from.is_empty() {
+        measure_decode(&a)?
+    } else {
+        read_decode_reports(&a.from)?
+    };
+    print_decode(&report);
+    if let Some(path) = &a.plot {
+        crate::plot::sparse_decode(path, &report)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = a.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            membound::sparsity::write_atomic(&path, text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Reports written by `bench decode --json`, as one (the first one's
+/// adapter and time; every one's rows, in order).
+fn read_decode_reports(paths: &[PathBuf]) -> Result<membound::bench::decode::Report> {
+    let mut all: Option<membound::bench::decode::Report> = None;
+    for path in paths {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("--from {}", path.display()))?;
+        let r: membound::bench::decode::Report =
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "--from {}: not a `membound bench decode --json` report (or one older \
+                     than this version reads)",
+                    path.display()
+                )
+            })?;
+        match &mut all {
+            None => all = Some(r),
+            Some(a) => {
+                anyhow::ensure!(
+                    a.adapter == r.adapter,
+                    "--from {}: measured on {}, the first report on {}",
+                    path.display(),
+                    r.adapter,
+                    a.adapter
+                );
+                a.rows.extend(r.rows);
+            }
+        }
+    }
+    all.ok_or_else(|| anyhow::anyhow!("--from needs at least one report"))
+}
+
+/// Decodes as `a` asks and returns the report.
+fn measure_decode(a: &DecodeArgs) -> Result<membound::bench::decode::Report> {
     // (clap's `requires` does not fire when --model, which conflicts with
     // --synthetic, is given instead.)
     anyhow::ensure!(
@@ -477,10 +547,21 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
             }
         }
     };
-    let report = decode::run(&ctx, subject, &specs, &cfg, a.peak_gbps, &mut |m| {
-        eprintln!("{m}");
-    })?;
+    Ok(decode::run(
+        &ctx,
+        subject,
+        &specs,
+        &cfg,
+        a.peak_gbps,
+        &mut |m| {
+            eprintln!("{m}");
+        },
+    )?)
+}
 
+/// Prints a decode report: one table row per case, then the pass, the
+/// peak and each sparse or bound row's speedup.
+fn print_decode(report: &membound::bench::decode::Report) {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     t.set_header([
@@ -615,6 +696,9 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
             );
             continue;
         }
+        if r.achieved_sparsity.is_none() {
+            continue;
+        }
         println!(
             "{} sparse: {}× dense tokens/s ({}× resident); down projections {}× faster (measured) vs {}× \
              (notes' model 1/(1 − s + o), o = {} measured)",
@@ -626,13 +710,4 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
             f(r.sparse_overhead)
         );
     }
-    if let Some(path) = a.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        if path.as_os_str() == "-" {
-            println!("{text}");
-        } else {
-            membound::sparsity::write_atomic(&path, text.as_bytes())?;
-        }
-    }
-    Ok(())
 }

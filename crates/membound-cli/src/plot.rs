@@ -465,3 +465,129 @@ fn significant(v: f64) -> String {
         s
     }
 }
+
+/// Tokens/s over dense against sparsity for each sparse and zero-overhead
+/// bound row of a `bench decode` report (GPU-resident where measured, else
+/// step by step): one colour per weight spec, solid with dots for the
+/// sparse kernels, dashed with triangles for the bound; the research
+/// notes' model 1/(1 − s) in grey and dense (1×) in black.
+pub fn sparse_decode(path: &Path, report: &membound::bench::decode::Report) -> Result<()> {
+    // (weights, bound, sparsity, × dense)
+    let mut points: Vec<(&str, bool, f64, f64)> = report
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let x = r.resident_speedup_vs_dense.or(r.speedup_vs_dense)?;
+            Some((r.weights.as_str(), r.zero_overhead_bound, r.sparsity?, x))
+        })
+        .collect();
+    if points.is_empty() {
+        return Err(anyhow!(
+            "{}: no sparse or bound row to plot (measure with --sparsity, or read such reports with --from)",
+            path.display()
+        ));
+    }
+    points.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let mut labels: Vec<&str> = Vec::new();
+    for p in &points {
+        if !labels.contains(&p.0) {
+            labels.push(p.0);
+        }
+    }
+    let smax = points.iter().fold(0.0f64, |m, p| m.max(p.2));
+    let ymax = points.iter().fold(1.0f64, |m, p| m.max(p.3)) * 1.25;
+    let xmax = (smax + 0.05).min(1.0);
+    let resident = report
+        .rows
+        .iter()
+        .any(|r| r.resident_speedup_vs_dense.is_some());
+    render_svg(path, (900, 600), |root| {
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("{}: decode speed with activation sparsity", report.adapter),
+                ("sans-serif", 19),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+            .map_err(err(path))?;
+        chart
+            .configure_mesh()
+            .x_desc("share of the sparse projections' inputs skipped")
+            .y_desc(if resident {
+                "tokens/s ÷ dense (GPU-resident)"
+            } else {
+                "tokens/s ÷ dense"
+            })
+            .light_line_style(WHITE)
+            .x_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .draw()
+            .map_err(err(path))?;
+        let grey = RGBColor(150, 150, 150);
+        let notes: Vec<(f64, f64)> = (0..=100)
+            .map(|i| xmax * f64::from(i) / 100.0)
+            .map(|s| (s, 1.0 / (1.0 - s)))
+            .filter(|p| p.1 <= ymax)
+            .collect();
+        chart
+            .draw_series(LineSeries::new(notes, grey.stroke_width(2)))
+            .map_err(err(path))?
+            .label("research notes' model 1/(1 − s)")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(2))
+            });
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, 1.0), (xmax, 1.0)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err(path))?
+            .label("dense")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(1)));
+        for (i, label) in labels.iter().enumerate() {
+            let c = color(i);
+            for bound in [false, true] {
+                let series: Vec<(f64, f64)> = points
+                    .iter()
+                    .filter(|p| p.0 == *label && p.1 == bound)
+                    .map(|p| (p.2, p.3))
+                    .collect();
+                if series.is_empty() {
+                    continue;
+                }
+                if bound {
+                    chart
+                        .draw_series(DashedLineSeries::new(
+                            series.clone(),
+                            6,
+                            4,
+                            c.stroke_width(2),
+                        ))
+                        .map_err(err(path))?;
+                    chart
+                        .draw_series(
+                            series
+                                .iter()
+                                .map(|&p| TriangleMarker::new(p, 6, c.filled())),
+                        )
+                        .map_err(err(path))?
+                        .label(format!("{label}: zero-overhead bound"))
+                        .legend(move |(x, y)| TriangleMarker::new((x + 9, y), 6, c.filled()));
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(series.clone(), c.stroke_width(2)))
+                        .map_err(err(path))?;
+                    chart
+                        .draw_series(series.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                        .map_err(err(path))?
+                        .label(format!("{label}: sparse kernels"))
+                        .legend(move |(x, y)| Circle::new((x + 9, y), 4, c.filled()));
+                }
+            }
+        }
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, path)?;
+        Ok(())
+    })
+}

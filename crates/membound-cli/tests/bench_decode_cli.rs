@@ -209,3 +209,82 @@ fn zero_overhead_bound_row() {
     assert_ne!(code, 0);
     assert!(err.contains("--synthetic"), "{err}");
 }
+
+/// `--from` reads reports written by `--json` (here the H100 runs in
+/// docs/data, one per sparsity) without a GPU, prints them as one table,
+/// and `--plot` draws their sparse and bound rows against sparsity.
+#[test]
+fn reports_are_read_back_and_plotted() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/data");
+    let report = |name: &str| data.join(name).to_str().unwrap().to_owned();
+    let (s50, s70) = (
+        report("decode-llama8b-bound-50-h100.json"),
+        report("decode-llama8b-bound-70-h100.json"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("sparsity.svg");
+    let json = dir.path().join("both.json");
+    let args = [
+        "bench",
+        "decode",
+        "--from",
+        &s50,
+        "--from",
+        &s70,
+        "--plot",
+        svg.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let (code, out, err) = membound(&args);
+    assert_eq!(code, 0, "{err}");
+    // Each report: f16 and 4-bit, each dense, sparse and bound.
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 12);
+    assert_eq!(v["adapter"], "NVIDIA H100 80GB HBM3");
+    // The rows are the files' own, in order: the first f16 bound at 50 %
+    // is what the file says.
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&s50).unwrap()).unwrap();
+    assert_eq!(rows[2], file["rows"][2]);
+    assert_eq!(rows[2]["zero_overhead_bound"], true);
+    assert!(
+        out.contains("f16 zero-overhead bound: 1.62× dense tokens/s (1.66× resident)"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"));
+    for label in [
+        "f16: sparse kernels",
+        "f16: zero-overhead bound",
+        "affine:bits=4,group=64: zero-overhead bound",
+        "research notes",
+    ] {
+        assert!(text.contains(label), "{label} missing from the plot");
+    }
+
+    // A report with no sparse row has nothing to plot; a file that is not
+    // a decode report says so; an existing plot is replaced only whole.
+    let dense_only = report("decode-llama8b-4k-f16-h100.json");
+    let (code, _, err) = membound(&[
+        "bench",
+        "decode",
+        "--from",
+        &dense_only,
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no sparse or bound row"), "{err}");
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), text);
+    let torch = report("decode-torch-llama8b-h100.json");
+    let (code, _, err) = membound(&["bench", "decode", "--from", &torch]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not a `membound bench decode --json` report"),
+        "{err}"
+    );
+    let (code, _, err) = membound(&["bench", "decode", "--from", &s50, "--synthetic", "llama-8b"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

@@ -87,7 +87,7 @@ impl Default for Config {
 }
 
 /// Where one token's time goes.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Split {
     /// Dispatches per token.
     pub dispatches: usize,
@@ -111,7 +111,7 @@ pub struct Split {
 }
 
 /// One measured case.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// Model name or path.
     pub model: String,
@@ -122,6 +122,8 @@ pub struct Row {
     pub sparsity: Option<f64>,
     /// A zero-overhead bound row ([`Config::bound`]): dense projections
     /// over only `1 − sparsity` of their inputs; its tokens mean nothing.
+    /// (Absent from reports older than the bound: false.)
+    #[serde(default)]
     pub zero_overhead_bound: bool,
     /// Share actually skipped in the last timed token, over all layers.
     pub achieved_sparsity: Option<f64>,
@@ -183,6 +185,7 @@ pub struct Row {
     /// weights.
     pub speedup_vs_dense: Option<f64>,
     /// The same, GPU-resident.
+    #[serde(default)]
     pub resident_speedup_vs_dense: Option<f64>,
     /// Sparse rows: the sparse kernel's overhead o, from its time with
     /// nothing skipped over the dense down projections' time, minus 1.
@@ -225,7 +228,7 @@ pub fn token_floor_ms(ctx: &GpuContext, sizes: &[u64]) -> Result<f64> {
 }
 
 /// A whole run.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Adapter name.
     pub adapter: String,
