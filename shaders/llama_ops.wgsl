@@ -366,6 +366,26 @@ fn att_red_get(k: u32, i: u32) -> vec4<f32> {
     }
 }
 
+// Query head g's weights of the four positions tt (0 where not `live`)
+// times their values v0..v3.
+fn att_weigh(
+    g: u32,
+    tt: vec4<u32>,
+    live: vec4<bool>,
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
+) -> vec4<f32> {
+    let p = select(vec4<f32>(0.0), vec4<f32>(
+        att_p[g * ATT_CHUNK + tt.x],
+        att_p[g * ATT_CHUNK + tt.y],
+        att_p[g * ATT_CHUNK + tt.z],
+        att_p[g * ATT_CHUNK + tt.w],
+    ), live);
+    return p.x * v0 + p.y * v1 + p.z * v2 + p.w * v3;
+}
+
 // One workgroup per KV head: adds the biases, rotates this token's k (and
 // the group's q) to its position, writes k and v into the cache, then
 // computes softmax(q·Kᵀ/√d)·V over positions 0..=pos for every query head
@@ -464,28 +484,80 @@ fn attention(
     let d4 = lid % hd4;
     let lane = lid / hd4;
     let lanes = ATT_WG / hd4;
-    var acc: array<vec4<f32>, ATT_MAX_GROUP>;
-    for (var g = 0u; g < ATT_MAX_GROUP; g++) {
-        acc[g] = vec4<f32>(0.0);
-    }
+    // Per query head of the group, its four dimensions' weighted sum, in
+    // eight named registers: as a function-scope array indexed by a loop
+    // variable, NVIDIA's driver kept them in local memory, and attention
+    // took 23-26 % longer (SmolLM2 and the 8B shape, H100). Heads past
+    // `group` (an override, so those branches fold away) stay unused.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
     for (var c = r0; c < r1; c += ATT_CHUNK) {
         let len = min(ATT_CHUNK, r1 - c);
         if (st < len) {
             let kb = (c + st) * kv4 + kvh * hd4 + sl * per;
-            var dots: array<f32, ATT_MAX_GROUP>;
-            for (var g = 0u; g < ATT_MAX_GROUP; g++) {
-                dots[g] = 0.0;
-            }
+            // One partial dot product per query head, in registers (see acc).
+            var d0 = 0.0;
+            var d1 = 0.0;
+            var d2 = 0.0;
+            var d3 = 0.0;
+            var d4 = 0.0;
+            var d5 = 0.0;
+            var d6 = 0.0;
+            var d7 = 0.0;
             // Queries as vec4 from workgroup memory: one load per four.
             for (var i = 0u; i < per; i++) {
                 let k = k_load4(4u * (kb + i));
                 let qo = sl * per + i;
-                for (var g = 0u; g < group; g++) {
-                    dots[g] += dot(k, att_qs[g * hd4 + qo]);
+                d0 += dot(k, att_qs[qo]);
+                if (group > 1u) {
+                    d1 += dot(k, att_qs[1u * hd4 + qo]);
+                }
+                if (group > 2u) {
+                    d2 += dot(k, att_qs[2u * hd4 + qo]);
+                }
+                if (group > 3u) {
+                    d3 += dot(k, att_qs[3u * hd4 + qo]);
+                }
+                if (group > 4u) {
+                    d4 += dot(k, att_qs[4u * hd4 + qo]);
+                }
+                if (group > 5u) {
+                    d5 += dot(k, att_qs[5u * hd4 + qo]);
+                }
+                if (group > 6u) {
+                    d6 += dot(k, att_qs[6u * hd4 + qo]);
+                }
+                if (group > 7u) {
+                    d7 += dot(k, att_qs[7u * hd4 + qo]);
                 }
             }
-            for (var g = 0u; g < group; g++) {
-                att_part[(g * ATT_CHUNK + st) * ATT_SLICES + sl] = dots[g];
+            att_part[st * ATT_SLICES + sl] = d0;
+            if (group > 1u) {
+                att_part[(1u * ATT_CHUNK + st) * ATT_SLICES + sl] = d1;
+            }
+            if (group > 2u) {
+                att_part[(2u * ATT_CHUNK + st) * ATT_SLICES + sl] = d2;
+            }
+            if (group > 3u) {
+                att_part[(3u * ATT_CHUNK + st) * ATT_SLICES + sl] = d3;
+            }
+            if (group > 4u) {
+                att_part[(4u * ATT_CHUNK + st) * ATT_SLICES + sl] = d4;
+            }
+            if (group > 5u) {
+                att_part[(5u * ATT_CHUNK + st) * ATT_SLICES + sl] = d5;
+            }
+            if (group > 6u) {
+                att_part[(6u * ATT_CHUNK + st) * ATT_SLICES + sl] = d6;
+            }
+            if (group > 7u) {
+                att_part[(7u * ATT_CHUNK + st) * ATT_SLICES + sl] = d7;
             }
         }
         workgroupBarrier();
@@ -517,8 +589,27 @@ fn attention(
             }
         }
         workgroupBarrier();
-        for (var g = 0u; g < group; g++) {
-            acc[g] *= att_r[g];
+        acc0 *= att_r[0];
+        if (group > 1u) {
+            acc1 *= att_r[1];
+        }
+        if (group > 2u) {
+            acc2 *= att_r[2];
+        }
+        if (group > 3u) {
+            acc3 *= att_r[3];
+        }
+        if (group > 4u) {
+            acc4 *= att_r[4];
+        }
+        if (group > 5u) {
+            acc5 *= att_r[5];
+        }
+        if (group > 6u) {
+            acc6 *= att_r[6];
+        }
+        if (group > 7u) {
+            acc7 *= att_r[7];
         }
         // Four positions a step, their loads issued together (positions
         // past len read a valid one and weigh it by 0).
@@ -530,14 +621,27 @@ fn attention(
             let v1 = v_load4(4u * ((c + tt.y) * kv4 + kvh * hd4 + d4));
             let v2 = v_load4(4u * ((c + tt.z) * kv4 + kvh * hd4 + d4));
             let v3 = v_load4(4u * ((c + tt.w) * kv4 + kvh * hd4 + d4));
-            for (var g = 0u; g < group; g++) {
-                let p = select(vec4<f32>(0.0), vec4<f32>(
-                    att_p[g * ATT_CHUNK + tt.x],
-                    att_p[g * ATT_CHUNK + tt.y],
-                    att_p[g * ATT_CHUNK + tt.z],
-                    att_p[g * ATT_CHUNK + tt.w],
-                ), live);
-                acc[g] += p.x * v0 + p.y * v1 + p.z * v2 + p.w * v3;
+            acc0 += att_weigh(0u, tt, live, v0, v1, v2, v3);
+            if (group > 1u) {
+                acc1 += att_weigh(1u, tt, live, v0, v1, v2, v3);
+            }
+            if (group > 2u) {
+                acc2 += att_weigh(2u, tt, live, v0, v1, v2, v3);
+            }
+            if (group > 3u) {
+                acc3 += att_weigh(3u, tt, live, v0, v1, v2, v3);
+            }
+            if (group > 4u) {
+                acc4 += att_weigh(4u, tt, live, v0, v1, v2, v3);
+            }
+            if (group > 5u) {
+                acc5 += att_weigh(5u, tt, live, v0, v1, v2, v3);
+            }
+            if (group > 6u) {
+                acc6 += att_weigh(6u, tt, live, v0, v1, v2, v3);
+            }
+            if (group > 7u) {
+                acc7 += att_weigh(7u, tt, live, v0, v1, v2, v3);
             }
         }
         workgroupBarrier();
@@ -548,9 +652,28 @@ fn attention(
     // column of lanes. (One head at a time, this took about 2 µs of a
     // SmolLM2 layer's 14 on an H100.)
     for (var g0 = 0u; g0 < group; g0 += 4u) {
-        for (var k = 0u; k < 4u; k++) {
-            if (g0 + k < group) {
-                att_red_put(k, lid, acc[g0 + k]);
+        // (g0 is 0, or 4 with more than four heads.)
+        if (g0 == 0u) {
+            att_red_put(0u, lid, acc0);
+            if (group > 1u) {
+                att_red_put(1u, lid, acc1);
+            }
+            if (group > 2u) {
+                att_red_put(2u, lid, acc2);
+            }
+            if (group > 3u) {
+                att_red_put(3u, lid, acc3);
+            }
+        } else {
+            att_red_put(0u, lid, acc4);
+            if (group > 5u) {
+                att_red_put(1u, lid, acc5);
+            }
+            if (group > 6u) {
+                att_red_put(2u, lid, acc6);
+            }
+            if (group > 7u) {
+                att_red_put(3u, lid, acc7);
             }
         }
         workgroupBarrier();

@@ -190,6 +190,9 @@ fn attention_matches_reference_over_many_positions() {
         (8, 1, 16, 90, false, false, 1),
         (12, 2, 8, 300, true, true, 3),
         (5, 1, 32, 70, false, false, 1),
+        // Every group size 1-8 is covered (each head's sums live in their
+        // own registers): 7 here, split.
+        (14, 2, 16, 130, true, false, 2),
     ];
     let mut rng = Rng::new(11);
     for (n_heads, n_kv_heads, head_dim, positions, rope_half, with_bias, splits) in cases {
