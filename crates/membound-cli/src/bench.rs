@@ -338,16 +338,7 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
     }
     cfg.floor = !a.no_floor;
     let report = match &a.from {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--from {}", path.display()))?;
-            serde_json::from_str::<kernels::Report>(&text).with_context(|| {
-                format!(
-                    "--from {}: not a `membound bench kernels --json` report",
-                    path.display()
-                )
-            })?
-        }
+        Some(path) => read_json(path, "kernels")?,
         None => measure_kernels(&cfg, a.peak_gbps)?,
     };
 
@@ -401,13 +392,32 @@ fn run_kernels(a: KernelArgs) -> Result<()> {
         crate::plot::kernels(path, &report)?;
         eprintln!("plot: {}", path.display());
     }
-    if let Some(path) = a.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        if path.as_os_str() == "-" {
-            println!("{text}");
-        } else {
-            membound::sparsity::write_atomic(&path, text.as_bytes())?;
-        }
+    if let Some(path) = &a.json {
+        write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+/// A `membound bench <what> --json` report from `path` (for --from).
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--from {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "--from {}: not a `membound bench {what} --json` report (or one older than \
+             this version reads)",
+            path.display()
+        )
+    })
+}
+
+/// Writes `report` as JSON to `path` atomically, or to stdout for `-`.
+fn write_json(path: &Path, report: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+    } else {
+        membound::sparsity::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
 }
@@ -423,15 +433,10 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
     print_decode(&report);
     if let Some(path) = &a.plot {
         crate::plot::sparse_decode(path, &report)?;
-        eprintln!("wrote {}", path.display());
+        eprintln!("plot: {}", path.display());
     }
-    if let Some(path) = a.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        if path.as_os_str() == "-" {
-            println!("{text}");
-        } else {
-            membound::sparsity::write_atomic(&path, text.as_bytes())?;
-        }
+    if let Some(path) = &a.json {
+        write_json(path, &report)?;
     }
     Ok(())
 }
@@ -441,16 +446,7 @@ fn run_decode(a: DecodeArgs) -> Result<()> {
 fn read_decode_reports(paths: &[PathBuf]) -> Result<membound::bench::decode::Report> {
     let mut all: Option<membound::bench::decode::Report> = None;
     for path in paths {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("--from {}", path.display()))?;
-        let r: membound::bench::decode::Report =
-            serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "--from {}: not a `membound bench decode --json` report (or one older \
-                     than this version reads)",
-                    path.display()
-                )
-            })?;
+        let r: membound::bench::decode::Report = read_json(path, "decode")?;
         match &mut all {
             None => all = Some(r),
             Some(a) => {
@@ -694,9 +690,6 @@ fn print_decode(report: &membound::bench::decode::Report) {
                 f(r.resident_speedup_vs_dense),
                 r.sparsity.unwrap_or(0.0) * 100.0
             );
-            continue;
-        }
-        if r.achieved_sparsity.is_none() {
             continue;
         }
         println!(
