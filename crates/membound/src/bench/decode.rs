@@ -261,6 +261,15 @@ pub enum Subject<'a> {
     },
 }
 
+/// One case of a spec: dense, sparse at a share with its column-major
+/// storage, or the zero-overhead bound at a share.
+#[derive(Clone, Copy)]
+enum Case {
+    Dense,
+    Sparse(f32, SparseDType),
+    Bound(f32),
+}
+
 /// The column-major storage matching a weight spec: f16, or 4-bit affine
 /// with the same group size.
 fn sparse_dtype(spec: &str) -> Result<SparseDType> {
@@ -331,22 +340,27 @@ pub fn run(
             ));
         }
     }
-    // (spec, sparse: its sparsity and storage, bound: its sparsity)
     let mut cases = Vec::new();
     for spec in specs {
-        cases.push((spec.clone(), None, None));
+        cases.push((spec.clone(), Case::Dense));
         if let Some(s) = cfg.sparsity {
-            cases.push((spec.clone(), Some((s, sparse_dtype(spec)?)), None));
+            cases.push((spec.clone(), Case::Sparse(s, sparse_dtype(spec)?)));
             if cfg.bound {
-                cases.push((spec.clone(), None, Some(s)));
+                cases.push((spec.clone(), Case::Bound(s)));
             }
         }
     }
     let mut rows: Vec<Row> = Vec::new();
+    // The last dense row: what the sparse and bound rows after it compare with.
     let mut dense_row: Option<usize> = None;
-    for (spec, sparse, bound) in &cases {
+    for (spec, case) in &cases {
+        let (sparse, bound) = match *case {
+            Case::Dense => (None, None),
+            Case::Sparse(s, dtype) => (Some((s, dtype)), None),
+            Case::Bound(s) => (None, Some(s)),
+        };
         let opts = GpuLlamaOptions {
-            bound_sparsity: *bound,
+            bound_sparsity: bound,
             context: Some(context),
             submissions: cfg.submissions,
             sparse_down: sparse.map(|(_, d)| d),
@@ -362,16 +376,16 @@ pub fn run(
             (false, true) => "gate/up and down",
             (false, false) => "down",
         };
-        let label = match (sparse, bound) {
-            (Some((s, _)), _) => format!(
+        let label = match case {
+            Case::Sparse(s, _) => format!(
                 "{spec} weights, sparse {sites} projections at {:.0}%",
                 s * 100.0
             ),
-            (None, Some(s)) => format!(
+            Case::Bound(s) => format!(
                 "{spec} weights, zero-overhead bound: {sites} projections dense over {:.0}% of their inputs",
                 (1.0 - s) * 100.0
             ),
-            (None, None) => format!("{spec} weights"),
+            Case::Dense => format!("{spec} weights"),
         };
         progress(&format!("building {name} with {label}"));
         let mut m = match &mut subject {
@@ -397,13 +411,13 @@ pub fn run(
                 Some(taus) => m.set_down_thresholds(taus)?,
                 None => {
                     progress("calibrating down-projection thresholds");
-                    m.calibrate_down(*target, tok, pos)?;
+                    m.calibrate_down(target, tok, pos)?;
                 }
             }
             for site in [Site::Qkv, Site::O, Site::GateUp] {
                 if m.is_site_sparse(site) {
                     progress(&format!("calibrating {} thresholds", site.name()));
-                    m.calibrate_site(site, *target, tok, pos)?;
+                    m.calibrate_site(site, target, tok, pos)?;
                 }
             }
         }
@@ -532,9 +546,9 @@ pub fn run(
         };
         let first = rows.first().map_or(tps, |r| r.tokens_per_s);
         let dense = dense_row
-            .filter(|_| sparse.is_some() || bound.is_some())
+            .filter(|_| !matches!(case, Case::Dense))
             .map(|i| &rows[i]);
-        if sparse.is_none() && bound.is_none() {
+        if matches!(case, Case::Dense) {
             dense_row = Some(rows.len());
         }
         let dense_down = dense.and_then(|r| r.split.as_ref()).map(|s| s.down_us);
@@ -560,7 +574,7 @@ pub fn run(
             },
             model: name.clone(),
             weights: spec.clone(),
-            sparsity: sparse.map(|(s, _)| s).or(*bound).map(f64::from),
+            sparsity: sparse.map(|(s, _)| s).or(bound).map(f64::from),
             zero_overhead_bound: bound.is_some(),
             achieved_sparsity: achieved,
             achieved_gate_up_sparsity: achieved_gate_up,
