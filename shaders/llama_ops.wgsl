@@ -164,7 +164,11 @@ var<workgroup> att_m: array<f32, ATT_MAX_GROUP>;
 // This token's rotated k (then v) of the workgroup's KV head, and their
 // groups' (scale, minimum), before they are packed into the cache.
 var<workgroup> att_new: array<f32, 512>;
-var<workgroup> att_gp: array<vec2<f32>, 16>;
+// (Kept packed and unpacked where used: with `unpack2x16float(pack…)` in
+// one expression NVIDIA's driver quantized with the unrounded f32 scale
+// and minimum, so codes disagreed with the stored f16 ones by up to a
+// quarter step.)
+var<workgroup> att_gp: array<u32, 16>;
 var<workgroup> att_l: array<f32, ATT_MAX_GROUP>;
 var<workgroup> att_r: array<f32, ATT_MAX_GROUP>;
 // One of the final reduction's four slots (att_red_put).
@@ -284,7 +288,7 @@ fn kv_store_word(j: u32, pos: u32, kvh: u32) {
         }
         default: {
             let gi = select(0u, HEAD_DIM / KV_GROUP, is_v) + first / KV_GROUP;
-            let sm = att_gp[gi];
+            let sm = unpack2x16float(att_gp[gi]);
             let top = f32((1u << (KV_BITS % 32u)) - 1u);
             for (var k = 0u; k < per; k++) {
                 var q = 0.0;
@@ -452,7 +456,7 @@ fn attention(
                 hi = max(hi, v);
             }
             let packed = pack2x16float(vec2<f32>((hi - lo) / f32((1u << (KV_BITS % 32u)) - 1u), lo));
-            att_gp[lid] = unpack2x16float(packed);
+            att_gp[lid] = packed;
             let per_head = max(HEAD_DIM / KV_GROUP, 1u);
             let at = (pos * kv_dim + kvh * HEAD_DIM) / KV_GROUP + lid % per_head;
             if (lid < per_head) {
